@@ -1,0 +1,37 @@
+"""syncpool: thread-safe, bounded, fair pools for blocking clients.
+
+``import syncpool`` needs nothing but the core: client libraries (psycopg, boto3, elasticsearch) are imported only
+by the connectors that use them.
+"""
+
+from __future__ import annotations
+
+from .connector import CallableConnector, Connector
+from .errors import (
+    AuthError,
+    ConnectError,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    PoolUnavailable,
+    TooManyWaiters,
+)
+from .pool import Lease, Pool
+from .retry import Backoff
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthError",
+    "Backoff",
+    "CallableConnector",
+    "ConnectError",
+    "Connector",
+    "Lease",
+    "Pool",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "PoolUnavailable",
+    "TooManyWaiters",
+]

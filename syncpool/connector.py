@@ -1,0 +1,123 @@
+"""The boundary between a pool and the client it pools.
+
+A pool knows nothing of PostgreSQL, S3 or Elasticsearch: everything client-specific enters through a
+:class:`Connector`. The pool promises never to call a connector method while holding its own lock, so every
+method may block, but the ones called on the lease path (:meth:`Connector.is_broken`, :meth:`Connector.reset`)
+are paid on every return and should be cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+__all__ = ["CallableConnector", "Connector", "as_connector"]
+
+T = TypeVar("T")
+
+
+class Connector(Generic[T]):
+    """Makes, checks, resets and closes one kind of client.
+
+    Subclass it and override :meth:`connect` (the only abstract method); the defaults of the others suit a client
+    that has no notion of being broken and nothing to reset. Instances must be safe to call from several threads at
+    once: the pool calls them from user threads and from its background workers.
+    """
+
+    #: Human-readable name of the backend, used in log lines and error messages. It must never contain a secret.
+    description: str = "client"
+
+    def connect(self) -> T:
+        """Create and return a new client.
+
+        Called by a pool worker thread (or by :meth:`Pool.open` with ``wait=True``), never with the pool lock held,
+        whenever the pool grows, refills or replaces a client. It may block for as long as a connect takes; it should
+        apply its own connect timeout so that it cannot block forever. Raise :class:`~syncpool.AuthError` when the
+        backend refuses the credentials so that the pool reports it at once instead of retrying.
+        """
+        raise NotImplementedError
+
+    def check(self, client: T) -> None:
+        """Raise if ``client`` cannot be used any more.
+
+        Called by the health-check pass on idle clients (taken out of the pool first) and, when configured, on lease
+        for clients idle for a while. It may block (a round trip to the server), and should bound its own time. It is
+        never called with the pool lock held.
+        """
+
+    def is_broken(self, client: T) -> bool:
+        """Return True if ``client`` must be discarded instead of going back to the pool.
+
+        Called on every return, so it must be fast and must not do I/O: look at local state only (a closed flag, a
+        transaction status).
+        """
+        return False
+
+    def reset(self, client: T) -> None:
+        """Bring a returned client back to a clean state (roll back, clear session state).
+
+        Called on every return after :meth:`is_broken` said the client is fine, so a cheap no-op is the ideal for a
+        client that is already clean. If it raises, the client is discarded and replaced.
+        """
+
+    def close(self, client: T) -> None:
+        """Close ``client``, releasing its sockets. Errors are logged and ignored by the pool.
+
+        Called when a client is discarded, expires or the pool closes; never while the client is leased.
+        """
+        close = getattr(client, "close", None)
+        if callable(close):
+            close()
+
+    def after_fork(self, client: T) -> None:
+        """Make ``client``, inherited from the parent process, harmless in a forked child.
+
+        Called in the child right after ``os.fork()``, for each client the parent's pool held. It must not talk over
+        the client's sockets, since they are shared with the parent: closing an inherited database connection would
+        end the parent's session. The pool keeps a reference to the client afterwards so that no finaliser runs in the
+        child. The default does nothing.
+        """
+
+    def is_auth_error(self, error: BaseException) -> bool:
+        """Return True if ``error``, raised by :meth:`connect`, means the credentials were refused."""
+        return False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.description}>"
+
+
+class CallableConnector(Connector[T]):
+    """Wraps a zero-argument factory, e.g. ``lambda: sqlite3.connect(path)``.
+
+    Clients are closed with their ``close()`` method when they have one.
+    """
+
+    def __init__(self, factory: Callable[[], T], *, close: Callable[[T], Any] | None = None) -> None:
+        if not callable(factory):
+            raise TypeError(f"factory must be a zero-argument callable, not {type(factory).__name__}")
+        self._factory = factory
+        self._close = close
+        self.description = getattr(factory, "__qualname__", None) or type(factory).__name__
+
+    def connect(self) -> T:
+        """Call the factory."""
+        return self._factory()
+
+    def close(self, client: T) -> None:
+        """Close with the given ``close`` callable, else the client's own ``close()`` if it has one."""
+        if self._close is not None:
+            self._close(client)
+        else:
+            super().close(client)
+
+
+def as_connector(connector_or_factory: Connector[T] | Callable[[], T]) -> Connector[T]:
+    """Return ``connector_or_factory`` as a :class:`Connector`, wrapping a plain callable."""
+    if isinstance(connector_or_factory, Connector):
+        return connector_or_factory
+    if callable(connector_or_factory):
+        return CallableConnector(connector_or_factory)
+    raise TypeError(
+        "connector must be a syncpool.Connector or a zero-argument callable returning a client, "
+        f"not {type(connector_or_factory).__name__}"
+    )

@@ -1,0 +1,890 @@
+"""The pool: a thread-safe, bounded, fair pool of blocking clients."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import sys
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from time import monotonic
+from types import FrameType, TracebackType
+from typing import Any, Generic, TypeVar
+
+from .connector import Connector, as_connector
+from .errors import AuthError, PoolClosed, PoolError, PoolTimeout, TooManyWaiters
+from .retry import Backoff
+from .scheduler import Scheduler, weak_task
+
+__all__ = ["Lease", "Pool"]
+
+logger = logging.getLogger("syncpool")
+
+T = TypeVar("T")
+
+_INF = math.inf
+_pool_counter = iter(range(1, sys.maxsize))
+_all_pools: weakref.WeakSet[Pool[Any]] = weakref.WeakSet()
+
+# Clients inherited from the parent by a forked child. They are referenced here forever so that no finaliser in the
+# child closes them (closing an inherited database connection would end the parent's session).
+_fork_orphans: list[Any] = []
+
+# Discard reasons, as counted in ``stats()["discards"]``.
+_REASONS = ("broken", "reset_failed", "lifetime", "idle", "check_failed", "resize", "closed")
+
+# Pool states.
+_NEW, _OPEN, _CLOSED = "new", "open", "closed"
+
+
+class _Record:
+    """One client owned by the pool and the facts the pool keeps about it."""
+
+    __slots__ = ("client", "created", "expires", "last_used", "leased_at", "lease_frames", "leak_reported")
+
+    def __init__(self, client: Any, created: float, expires: float) -> None:
+        self.client = client
+        self.created = created
+        self.expires = expires  # jittered end of life (monotonic seconds)
+        self.last_used = created  # when it last went back to the idle stack
+        self.leased_at = 0.0
+        self.lease_frames: list[tuple[str, int, str]] | None = None  # where it was leased, if leaks are watched
+        self.leak_reported = False
+
+
+class _Waiter:
+    """A caller queued for a client.
+
+    The hand-off is explicit: whoever gives a client to a waiter does so under the pool lock, records the lease on
+    the waiter's behalf, and only then wakes it by releasing ``wakeup``. A waiter that timed out takes the pool lock
+    before giving up, so it either finds a client that was handed to it in the meantime (and keeps it), or removes
+    itself from the queue: a client can never be handed to a waiter that has gone.
+    """
+
+    __slots__ = ("wakeup", "record", "error", "since")
+
+    def __init__(self, since: float) -> None:
+        self.wakeup = threading.Lock()
+        self.wakeup.acquire()
+        self.record: _Record | None = None
+        self.error: BaseException | None = None
+        self.since = since  # when it joined the queue
+
+
+class Lease(Generic[T]):
+    """The context manager returned by :meth:`Pool.connection`: leases on enter, always returns on exit."""
+
+    __slots__ = ("_pool", "_timeout", "_client")
+
+    def __init__(self, pool: Pool[T], timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+
+    def __enter__(self) -> T:
+        self._client = client = self._pool.getconn(self._timeout)
+        return client
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._pool.putconn(self._client)
+
+
+class Pool(Generic[T]):
+    """A thread-safe, bounded pool of blocking clients with fair, timed leases.
+
+    Algorithm:
+        Idle clients sit on a stack (LIFO): a lease takes the most recently returned one, which keeps a few clients
+        hot and lets surplus ones age out through ``max_idle``. A lease that finds the stack empty, or finds other
+        callers already queued, joins a FIFO queue of waiters; a returned or new client is handed to the oldest
+        waiter directly, under the lock, so late arrivals can never barge ahead of a waiter. Connects run on the
+        pool's worker threads, never in the leasing thread, so a lease waits exactly as long as its timeout.
+        Growth on demand is one connect at a time: a burst of short leases is mostly served by returns, and the
+        next connect starts only if callers are still waiting when one finishes. Every client being created counts
+        against ``max_size``, so ``idle + in_use + connecting`` never exceeds it.
+
+    Invariants:
+        ``size == idle + in_use + connecting <= max_size`` at every moment the lock is free. No connector method,
+        callback or log call that could block runs with the lock held: the lock only guards decisions.
+
+    Hazards:
+        A client is never closed while leased, so a caller that never returns one keeps it (and its slot) forever;
+        ``leak_threshold`` reports such leases with the stack that took them. Returning a client from a thread other
+        than the one that leased it is fine; using one client from two threads at once is not (that is the client's
+        own thread-safety, which the pool cannot add). After ``os.fork()`` the child starts with an empty pool: it
+        never uses, closes or finalises a client inherited from the parent.
+
+    Args:
+        connector: A :class:`~syncpool.Connector`, or a zero-argument callable returning a new client.
+        min_size: Clients kept open even when idle. Defaults to 0.
+        max_size: Most clients that may exist at once, counting those being created. Defaults to 10.
+        timeout: Seconds a lease waits for a client before :class:`~syncpool.PoolTimeout`. Defaults to 30.0.
+        max_waiting: Most callers that may wait at once; one more gets :class:`~syncpool.TooManyWaiters` at once.
+            0 means no bound. Defaults to 0.
+        max_lifetime: Seconds after which a client is replaced (each client's lifetime is shortened at random by up
+            to 10% so they do not all reconnect together); ``math.inf`` disables it. Defaults to 60 * 60.0.
+        max_idle: Seconds an idle client above ``min_size`` is kept before being closed; ``math.inf`` disables it.
+            Defaults to 10 * 60.0.
+        leak_threshold: Seconds after which a lease still out is reported once as a probable leak, with the stack
+            that took it; None disables it (and the stack capture it costs). Defaults to None.
+        name: Name used in thread names, log lines and errors. Defaults to ``pool-<n>``.
+        open: Open the pool (start its threads, begin filling to ``min_size``) at construction. Defaults to True.
+        num_workers: Background worker threads (connects, closes, maintenance). Defaults to 3.
+        reconnect_backoff: Delays between failed connect attempts. Defaults to ``Backoff()`` (0.1 s doubling to
+            10 s); while callers are waiting the delay is capped at 0.25 s so a recovered server is found quickly.
+    """
+
+    def __init__(
+        self,
+        connector: Connector[T] | Callable[[], T],
+        *,
+        min_size: int = 0,
+        max_size: int = 10,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 60 * 60.0,
+        max_idle: float = 10 * 60.0,
+        leak_threshold: float | None = None,
+        name: str | None = None,
+        open: bool = True,
+        num_workers: int = 3,
+        reconnect_backoff: Backoff | None = None,
+    ) -> None:
+        self._connector: Connector[T] = as_connector(connector)
+        _check_int("min_size", min_size, minimum=0)
+        _check_int("max_size", max_size, minimum=1)
+        if min_size > max_size:
+            raise ValueError(f"min_size ({min_size}) must not be greater than max_size ({max_size})")
+        self._timeout = _check_seconds("timeout", timeout, allow_zero=True)
+        _check_int("max_waiting", max_waiting, minimum=0)
+        self._max_lifetime = _check_seconds("max_lifetime", max_lifetime, allow_inf=True)
+        self._max_idle = _check_seconds("max_idle", max_idle, allow_inf=True)
+        self._leak_threshold = (
+            None if leak_threshold is None else _check_seconds("leak_threshold", leak_threshold)
+        )
+        if name is None:
+            name = f"pool-{next(_pool_counter)}"
+        elif not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, not {name!r}")
+        if not isinstance(open, bool):
+            raise TypeError(f"open must be a bool, not {type(open).__name__}")
+        _check_int("num_workers", num_workers, minimum=1)
+        if reconnect_backoff is not None and not isinstance(reconnect_backoff, Backoff):
+            raise TypeError(f"reconnect_backoff must be a syncpool.retry.Backoff, not {type(reconnect_backoff).__name__}")
+
+        self.name = name
+        self._min_size = min_size
+        self._max_size = max_size
+        self._max_waiting = max_waiting
+        self._backoff = reconnect_backoff or Backoff()
+
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified when clients appear, fail or come back
+        self._state = _NEW
+        self._idle: list[_Record] = []  # a stack: the newest at the end
+        self._leased: dict[int, _Record] = {}  # id(client) -> record, for clients out of the pool
+        self._waiters: deque[_Waiter] = deque()
+        self._connecting = 0  # connect attempts under way or waiting out a backoff
+        self._connect_failures = 0  # consecutive failed connect attempts
+        self._last_connect_error: BaseException | None = None
+        self._closed_event = threading.Event()
+        self._orphans: dict[int, Any] = {}  # clients leased in the parent before a fork (only in a child)
+        self._scheduler = Scheduler(name, num_workers=num_workers)
+        self._maintenance_interval = self._pick_maintenance_interval()
+        weakref.finalize(self, self._scheduler.stop, 0)
+
+        self._reset_counters()
+        _all_pools.add(self)
+        if open:
+            self.open()
+
+    # -- configuration, read-only ----------------------------------------------------------------------------------
+
+    @property
+    def min_size(self) -> int:
+        """Clients kept open even when idle."""
+        return self._min_size
+
+    @property
+    def max_size(self) -> int:
+        """Most clients that may exist at once."""
+        return self._max_size
+
+    @property
+    def timeout(self) -> float:
+        """Default lease timeout in seconds."""
+        return self._timeout
+
+    @property
+    def connector(self) -> Connector[T]:
+        """The connector that makes this pool's clients."""
+        return self._connector
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called (or before :meth:`open`)."""
+        return self._state != _OPEN
+
+    def __repr__(self) -> str:
+        with self._lock:
+            size, idle, leased = self._size_locked(), len(self._idle), len(self._leased)
+        return (
+            f"<{type(self).__name__} {self.name!r} {self._state} size={size} idle={idle} in_use={leased} "
+            f"max_size={self._max_size} connector={self._connector!r}>"
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Open the pool: start its threads and begin filling it to ``min_size``.
+
+        Args:
+            wait: Block until ``min_size`` clients exist (see :meth:`wait`).
+            timeout: Seconds to wait when ``wait`` is true.
+
+        Raises:
+            PoolClosed: The pool was closed; a closed pool cannot be reopened.
+        """
+        with self._lock:
+            if self._state == _CLOSED:
+                raise PoolClosed(f"pool {self.name!r} is closed and cannot be reopened")
+            starting = self._state == _NEW
+            self._state = _OPEN
+            connects = self._plan_connects_locked() if starting else 0
+        if starting:
+            self._scheduler.start()
+            self._scheduler.call_later(self._maintenance_interval, weak_task(self, "_maintain"))
+            self._start_connects(connects)
+        if wait:
+            self.wait(timeout)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Block until the pool holds at least ``min_size`` clients.
+
+        Raises:
+            PoolTimeout: ``min_size`` was not reached in time; ``__cause__`` is the last connect error, if any.
+            AuthError: The backend refused the credentials.
+            PoolClosed: The pool is closed or not open.
+        """
+        timeout = _check_seconds("timeout", timeout, allow_zero=True)
+        deadline = monotonic() + timeout
+        with self._lock:
+            while True:
+                if self._state != _OPEN:
+                    raise PoolClosed(f"pool {self.name!r} is not open")
+                if len(self._idle) + len(self._leased) >= self._min_size:
+                    return
+                error = self._last_connect_error
+                if isinstance(error, AuthError):
+                    raise error
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    raise PoolTimeout(
+                        f"pool {self.name!r}: min_size={self._min_size} not reached within {timeout:.3g}s "
+                        f"({self._describe_locked()})"
+                    ) from error
+                self._changed.wait(remaining)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool.
+
+        Waiters get :class:`~syncpool.PoolClosed` at once and new leases fail. Idle clients are closed now. Leases
+        still out may finish for up to ``timeout`` seconds; each is closed when it comes back. Clients still leased
+        after the timeout are not closed under their user's feet (which could crash a client library mid-call):
+        they are closed when returned, and a warning says how many are out. Background threads are stopped and
+        joined within the same timeout. Idempotent and safe to call from several threads: later callers wait for the
+        first close to finish, up to their own timeout.
+        """
+        timeout = _check_seconds("timeout", timeout, allow_zero=True)
+        deadline = monotonic() + timeout
+        with self._lock:
+            # Decide: who closes (the first caller), and take everything idle and every waiter out.
+            if self._state == _CLOSED:
+                first = False
+            else:
+                first = True
+                self._state = _CLOSED
+                idle, self._idle = self._idle, []
+                waiters, self._waiters = self._waiters, deque()
+                for waiter in waiters:
+                    waiter.error = PoolClosed(f"pool {self.name!r} was closed while waiting")
+                    waiter.wakeup.release()
+                self._count_discards_locked("closed", len(idle))
+                self._changed.notify_all()
+        if not first:
+            self._closed_event.wait(max(0.0, deadline - monotonic()))
+            return
+        try:
+            self._close_clients(idle)
+            with self._lock:
+                while self._leased and (remaining := deadline - monotonic()) > 0:
+                    self._changed.wait(remaining)
+                still_out = len(self._leased)
+            if still_out:
+                logger.warning(
+                    "pool %r closed with %d client(s) still leased after %.3gs; they will be closed when returned",
+                    self.name, still_out, timeout,
+                )
+            if not self._scheduler.stop(max(0.0, deadline - monotonic())):
+                logger.warning("pool %r: a background thread did not stop within %.3gs", self.name, timeout)
+            logger.info("pool %r closed", self.name)
+        finally:
+            self._closed_event.set()
+
+    def __enter__(self) -> Pool[T]:
+        if self._state == _NEW:
+            self.open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- leasing: the hot path -------------------------------------------------------------------------------------
+
+    def connection(self, timeout: float | None = None) -> Lease[T]:
+        """Return a context manager that leases a client for the ``with`` block and always returns it.
+
+        If the block raises, the client is still reset and returned (or discarded and replaced if it is broken) and
+        the exception propagates unchanged.
+        """
+        return Lease(self, timeout)
+
+    def getconn(self, timeout: float | None = None) -> T:
+        """Lease a client; give it back with :meth:`putconn`.
+
+        Args:
+            timeout: Seconds to wait; defaults to the pool's ``timeout``. 0 fails at once unless a client is idle.
+
+        Raises:
+            PoolTimeout: No client was free in time; the message gives the pool's counts and ``__cause__`` is the
+                last connect error, if connects are failing.
+            TooManyWaiters: ``max_waiting`` callers are already queued.
+            AuthError: The backend refused the credentials while this caller waited.
+            PoolClosed: The pool is closed, or was closed while waiting.
+        """
+        if timeout is None:
+            timeout = self._timeout
+        elif timeout.__class__ is not float or not 0.0 <= timeout < _INF:
+            timeout = _check_seconds("timeout", timeout, allow_zero=True)
+        expired: list[_Record] = []
+        with self._lock:
+            # Decide: serve the newest idle client unless earlier callers are queued (they go first).
+            while self._idle and not self._waiters:
+                record = self._idle.pop()
+                now = monotonic()
+                if record.expires <= now:
+                    expired.append(record)
+                    continue
+                self._lease_locked(record, now)
+                break
+            else:
+                record = None
+                if self._state != _OPEN:
+                    raise PoolClosed(f"pool {self.name!r} is closed" if self._state == _CLOSED else
+                                     f"pool {self.name!r} is not open yet: call open()")
+                if self._max_waiting and len(self._waiters) >= self._max_waiting:
+                    self._too_many_waiters += 1
+                    raise TooManyWaiters(
+                        f"pool {self.name!r}: {len(self._waiters)} callers already waiting (max_waiting="
+                        f"{self._max_waiting})"
+                    )
+                waiter = _Waiter(monotonic())
+                self._waiters.append(waiter)
+            if expired:
+                self._count_discards_locked("lifetime", len(expired))
+            connects = self._plan_connects_locked() if (expired or record is None) else 0
+        if expired or connects:
+            self._start_connects(connects)
+            self._close_clients(expired)
+        if record is None:
+            record = self._wait_for(waiter, timeout)
+        if self._leak_threshold is not None:
+            record.lease_frames = _capture_frames(sys._getframe(1))
+        return record.client  # type: ignore[no-any-return]
+
+    def putconn(self, client: T) -> None:
+        """Return a client leased with :meth:`getconn`.
+
+        The client is reset (see :meth:`Connector.reset`) and goes back to the pool, or is discarded and replaced
+        if it is broken, failed its reset, outlived ``max_lifetime`` or the pool shrank or closed.
+
+        Raises:
+            PoolError: ``client`` is not leased from this pool (returned twice, or leased from another pool).
+        """
+        record = self._leased.get(id(client))
+        if record is None or record.client is not client:
+            if self._orphans.pop(id(client), None) is not None:
+                return  # leased in the parent before a fork: not ours to reuse or close
+            raise PoolError(
+                f"pool {self.name!r}: cannot return a {type(client).__name__} that is not leased from this pool "
+                "(returned twice, or leased from another pool)"
+            )
+        connector = self._connector
+        reason: str | None = None
+        try:
+            if connector.is_broken(client):
+                reason = "broken"
+            else:
+                connector.reset(client)
+        except Exception as error:
+            reason = reason or "reset_failed"
+            logger.warning("pool %r: discarding a client whose reset failed: %s", self.name, _describe_error(error))
+        now = monotonic()
+        with self._lock:
+            if self._leased.pop(id(client), None) is None:
+                raise PoolError(f"pool {self.name!r}: client returned twice (by two threads at once)")
+            self._use_seconds_total += now - record.leased_at
+            self._returns_total += 1
+            # Decide: keep it (for the first waiter, else on the idle stack) or discard it.
+            if reason is None:
+                if self._state != _OPEN:
+                    reason = "closed"
+                elif record.expires <= now:
+                    reason = "lifetime"
+                elif self._size_locked() >= self._max_size:  # it no longer counts in _leased
+                    reason = "resize"
+            if reason is None:
+                record.last_used = now
+                self._hand_over_locked(record, now)
+                if self._state != _OPEN and not self._leased:
+                    self._changed.notify_all()
+                return
+            self._count_discards_locked(reason, 1)
+            connects = self._plan_connects_locked()
+            if self._state != _OPEN:
+                self._changed.notify_all()
+        self._start_connects(connects)
+        self._close_clients([record])
+
+    def _wait_for(self, waiter: _Waiter, timeout: float) -> _Record:
+        """Block until ``waiter`` is handed a client, fails, or times out. Runs without the lock."""
+        started = monotonic()
+        try:
+            woken = waiter.wakeup.acquire(True, timeout) if timeout > 0 else False
+            if not woken:
+                with self._lock:
+                    # Decide: a client handed over since the timeout fired is ours; otherwise leave the queue.
+                    if waiter.record is None and waiter.error is None:
+                        self._waiters.remove(waiter)
+                        self._lease_timeouts += 1
+                        waited = monotonic() - started
+                        message = (
+                            f"pool {self.name!r}: no client available after waiting {waited:.3f}s "
+                            f"(timeout={timeout:.3g}s; {self._describe_locked()})"
+                        )
+                        cause = self._last_connect_error
+                        raise PoolTimeout(message) from cause
+        except BaseException:
+            # KeyboardInterrupt or SystemExit while waiting, or the timeout above: leak nothing.
+            self._abandon(waiter)
+            raise
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.record is not None
+        return waiter.record
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """Withdraw a waiter that is leaving by an exception; give back a client handed to it meanwhile."""
+        with self._lock:
+            record = waiter.record
+            if record is None:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                return
+            waiter.record = None
+        self.putconn(record.client)
+
+    # -- decisions taken under the lock ----------------------------------------------------------------------------
+
+    def _lease_locked(self, record: _Record, now: float) -> None:
+        """Record ``record`` as leased at ``now``."""
+        record.leased_at = now
+        self._leased[id(record.client)] = record
+        self._leases_total += 1
+        record.leak_reported = False
+
+    def _hand_over_locked(self, record: _Record, now: float) -> None:
+        """Give a client to the oldest waiter, leasing it on the waiter's behalf, or put it on the idle stack."""
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            self._lease_locked(record, now)
+            self._waited_leases += 1
+            self._wait_seconds_total += now - waiter.since
+            waiter.record = record
+            waiter.wakeup.release()
+        else:
+            self._idle.append(record)
+
+    def _size_locked(self) -> int:
+        return len(self._idle) + len(self._leased) + self._connecting
+
+    def _plan_connects_locked(self) -> int:
+        """Return how many connects to start now, and count them as connecting.
+
+        Fill to ``min_size`` in parallel; beyond it grow by one connect at a time while callers wait.
+        """
+        if self._state != _OPEN:
+            return 0
+        size = self._size_locked()
+        wanted = self._min_size - size
+        if self._waiters and not self._idle and self._connecting == 0:
+            wanted = max(wanted, 1)
+        wanted = min(wanted, self._max_size - size)
+        if wanted <= 0:
+            return 0
+        self._connecting += wanted
+        return wanted
+
+    def _count_discards_locked(self, reason: str, count: int) -> None:
+        if count:
+            self._discards[reason] += count
+
+    def _describe_locked(self) -> str:
+        return (
+            f"size={self._size_locked()} idle={len(self._idle)} in_use={len(self._leased)} "
+            f"connecting={self._connecting} waiting={len(self._waiters)} max_size={self._max_size}"
+        )
+
+    # -- work done outside the lock --------------------------------------------------------------------------------
+
+    def _start_connects(self, count: int) -> None:
+        for _ in range(count):
+            self._scheduler.submit(weak_task(self, "_connect"))
+
+    def _connect(self) -> None:
+        """Create one client (on a worker thread) and hand it to a waiter or the idle stack."""
+        with self._lock:
+            # Decide: is this attempt (counted in connecting) still wanted?
+            if not self._connect_still_wanted_locked():
+                self._connecting -= 1
+                self._changed.notify_all()
+                return
+        started = monotonic()
+        try:
+            client = self._connector.connect()
+        except Exception as error:
+            self._connect_failed(error, monotonic() - started)
+            return
+        now = monotonic()
+        record = _Record(client, now, now + self._max_lifetime * (1.0 - random.uniform(0.0, 0.1)))
+        with self._lock:
+            self._connecting -= 1
+            self._connect_failures = 0
+            self._last_connect_error = None
+            self._connect_seconds_total += now - started
+            if self._state != _OPEN:
+                keep = False
+            else:
+                keep = True
+                self._created += 1
+                self._hand_over_locked(record, now)
+                connects = self._plan_connects_locked()
+            self._changed.notify_all()
+        if not keep:
+            self._close_clients([record])
+            return
+        logger.debug("pool %r: new client connected in %.3fs", self.name, now - started)
+        self._start_connects(connects)
+
+    def _connect_still_wanted_locked(self) -> bool:
+        if self._state != _OPEN:
+            return False
+        # This attempt is already counted in connecting, hence "<=".
+        return self._size_locked() <= self._min_size or bool(self._waiters and not self._idle)
+
+    def _connect_failed(self, error: Exception, duration: float) -> None:
+        auth = isinstance(error, AuthError) or self._connector.is_auth_error(error)
+        wrapped = self._auth_error(error) if auth else error
+        with self._lock:
+            self._connect_errors += 1
+            self._connect_failures += 1
+            self._last_connect_error = wrapped
+            failures = self._connect_failures
+            waiters: list[_Waiter] = []
+            if auth:
+                # Retrying cannot fix refused credentials: fail every waiter now instead of at its timeout.
+                waiters, self._waiters = list(self._waiters), deque()
+                for waiter in waiters:
+                    waiter.error = self._auth_error(error)  # one instance each: tracebacks are per raise
+                    waiter.wakeup.release()
+            retry = self._connect_still_wanted_locked()
+            if retry:
+                delay = self._backoff.delay(failures)
+                if self._waiters:
+                    delay = min(delay, 0.25)
+            else:
+                self._connecting -= 1
+            self._changed.notify_all()
+        logger.warning(
+            "pool %r: connect to %s failed (attempt %d, %.3fs): %s%s",
+            self.name, self._connector.description, failures, duration, _describe_error(error),
+            f"; retrying in {delay:.2f}s" if retry else "",
+        )
+        if retry:
+            self._scheduler.call_later(delay, weak_task(self, "_connect"))
+
+    def _auth_error(self, error: Exception) -> AuthError:
+        """Return an AuthError for a refused connect, chaining the client's own error."""
+        if isinstance(error, AuthError):
+            wrapped = AuthError(*error.args)
+            wrapped.__cause__ = error.__cause__ or error
+        else:
+            wrapped = AuthError(
+                f"pool {self.name!r}: {self._connector.description} refused the credentials ({type(error).__name__})"
+            )
+            wrapped.__cause__ = error
+        return wrapped
+
+    def _close_clients(self, records: list[_Record]) -> None:
+        for record in records:
+            try:
+                self._connector.close(record.client)
+            except Exception as error:
+                logger.warning("pool %r: error closing a client: %s", self.name, _describe_error(error))
+        if records:
+            logger.debug("pool %r: closed %d client(s)", self.name, len(records))
+
+    # -- maintenance -----------------------------------------------------------------------------------------------
+
+    def _pick_maintenance_interval(self) -> float:
+        """Run maintenance often enough to honour the shortest configured time limit closely."""
+        limits = [5.0, self._max_idle / 4, self._max_lifetime / 20]
+        if self._leak_threshold is not None:
+            limits.append(self._leak_threshold / 4)
+        return max(0.02, min(limits))
+
+    def _maintain(self) -> None:
+        """Retire expired and long-idle clients, refill to ``min_size``, report leaks. Runs on a worker."""
+        now = monotonic()
+        leaks: list[tuple[_Record, float]] = []
+        with self._lock:
+            if self._state != _OPEN:
+                return
+            # Decide: which idle clients to retire. The stack's bottom holds the least recently used ones.
+            retire: list[_Record] = []
+            keep: list[_Record] = []
+            spare = len(self._idle) + len(self._leased) - self._min_size
+            for record in self._idle:
+                if record.expires <= now:
+                    retire.append(record)
+                    self._discards["lifetime"] += 1
+                    spare -= 1
+                elif spare > 0 and now - record.last_used >= self._max_idle:
+                    retire.append(record)
+                    self._discards["idle"] += 1
+                    spare -= 1
+                else:
+                    keep.append(record)
+            if retire:
+                self._idle = keep
+            if self._leak_threshold is not None:
+                for record in self._leased.values():
+                    held = now - record.leased_at
+                    if not record.leak_reported and held >= self._leak_threshold:
+                        record.leak_reported = True
+                        self._leaks_detected += 1
+                        leaks.append((record, held))
+            connects = self._plan_connects_locked()
+        self._start_connects(connects)
+        self._close_clients(retire)
+        for record, held in leaks:
+            logger.warning(
+                "pool %r: a client has been leased for %.1fs (leak_threshold=%.3gs); possible leak, leased at:\n%s",
+                self.name, held, self._leak_threshold, _format_frames(record.lease_frames or []),
+            )
+        self._scheduler.call_later(self._maintenance_interval, weak_task(self, "_maintain"))
+
+    # -- resizing --------------------------------------------------------------------------------------------------
+
+    def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
+        """Change the bounds. Surplus idle clients are closed now, surplus leased ones when they come back."""
+        new_min = self._min_size if min_size is None else min_size
+        new_max = self._max_size if max_size is None else max_size
+        _check_int("min_size", new_min, minimum=0)
+        _check_int("max_size", new_max, minimum=1)
+        if new_min > new_max:
+            raise ValueError(f"min_size ({new_min}) must not be greater than max_size ({new_max})")
+        with self._lock:
+            self._min_size, self._max_size = new_min, new_max
+            # Decide: which idle clients no longer fit (the least recently used go first).
+            surplus = max(0, self._size_locked() - new_max)
+            retire = self._idle[:surplus]
+            del self._idle[: len(retire)]
+            self._count_discards_locked("resize", len(retire))
+            connects = self._plan_connects_locked()
+        logger.info("pool %r resized to min_size=%d max_size=%d", self.name, new_min, new_max)
+        self._close_clients(retire)
+        self._start_connects(connects)
+
+    # -- statistics ------------------------------------------------------------------------------------------------
+
+    def _reset_counters(self) -> None:
+        self._leases_total = 0
+        self._returns_total = 0
+        self._waited_leases = 0
+        self._lease_timeouts = 0
+        self._too_many_waiters = 0
+        self._wait_seconds_total = 0.0
+        self._use_seconds_total = 0.0
+        self._connect_seconds_total = 0.0
+        self._created = 0
+        self._connect_errors = 0
+        self._leaks_detected = 0
+        self._discards = dict.fromkeys(_REASONS, 0)
+
+    def stats(self) -> dict[str, Any]:
+        """Return a snapshot of the pool's gauges and counters.
+
+        Gauges (the state now):
+            ``name``; ``state`` ("new", "open" or "closed"); ``size`` (clients that exist or are being created,
+            always ``idle + in_use + connecting``); ``idle`` (on the idle stack); ``in_use`` (leased out);
+            ``connecting`` (connect attempts under way or waiting out a reconnect backoff); ``waiting`` (callers
+            queued for a client); ``min_size``; ``max_size``.
+
+        Counters (since creation or the last :meth:`pop_stats`):
+            ``leases_total`` (successful leases); ``leases_waited`` (of those, how many had to queue);
+            ``lease_timeouts`` (leases that raised :class:`PoolTimeout`); ``too_many_waiters`` (leases refused by
+            ``max_waiting``); ``wait_ms_total`` (milliseconds spent queued by leases that got a client);
+            ``use_ms_total`` (milliseconds clients spent leased, counted on return); ``connections_created``;
+            ``connections_discarded`` (closed by the pool for any reason); ``discards`` (the same by reason:
+            ``broken``, ``reset_failed``, ``lifetime``, ``idle``, ``check_failed``, ``resize``, ``closed``);
+            ``connect_errors`` (failed connect attempts); ``connect_ms_total`` (time spent in successful connects);
+            ``leaks_detected`` (leases reported by ``leak_threshold``).
+        """
+        with self._lock:
+            return self._stats_locked()
+
+    def pop_stats(self) -> dict[str, Any]:
+        """Return :meth:`stats` and reset its counters to zero (gauges are not counters and stay)."""
+        with self._lock:
+            stats = self._stats_locked()
+            self._reset_counters()
+        return stats
+
+    def _stats_locked(self) -> dict[str, Any]:
+        discards = dict(self._discards)
+        return {
+            "name": self.name,
+            "state": self._state,
+            "size": self._size_locked(),
+            "idle": len(self._idle),
+            "in_use": len(self._leased),
+            "connecting": self._connecting,
+            "waiting": len(self._waiters),
+            "min_size": self._min_size,
+            "max_size": self._max_size,
+            "leases_total": self._leases_total,
+            "leases_waited": self._waited_leases,
+            "lease_timeouts": self._lease_timeouts,
+            "too_many_waiters": self._too_many_waiters,
+            "wait_ms_total": self._wait_seconds_total * 1000.0,
+            "use_ms_total": self._use_seconds_total * 1000.0,
+            "connections_created": self._created,
+            "connections_discarded": sum(discards.values()),
+            "discards": discards,
+            "connect_errors": self._connect_errors,
+            "connect_ms_total": self._connect_seconds_total * 1000.0,
+            "leaks_detected": self._leaks_detected,
+        }
+
+    # -- fork safety -----------------------------------------------------------------------------------------------
+
+    def _before_fork(self) -> None:
+        self._lock.acquire()  # so the child inherits consistent state, not a half-made decision
+
+    def _after_fork_in_parent(self) -> None:
+        self._lock.release()
+
+    def _after_fork_in_child(self) -> None:
+        """Start the child with an empty pool that never touches the parent's clients."""
+        inherited = self._idle + list(self._leased.values())
+        self._orphans = {id(record.client): record.client for record in self._leased.values()}
+        self._idle = []
+        self._leased = {}
+        self._waiters = deque()  # their threads do not exist in the child
+        self._connecting = 0
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._closed_event = threading.Event()
+        if self._state == _CLOSED:
+            self._closed_event.set()
+        self._scheduler.after_fork_in_child()
+        for record in inherited:
+            _fork_orphans.append(record.client)
+            try:
+                self._connector.after_fork(record.client)
+            except Exception as error:  # never let one connector break the child's start
+                logger.warning("pool %r: after_fork failed: %s", self.name, _describe_error(error))
+        if self._state == _OPEN:
+            self._scheduler.start()
+            self._scheduler.call_later(self._maintenance_interval, weak_task(self, "_maintain"))
+            self._start_connects(self._plan_connects_locked())
+
+
+def _before_fork() -> None:
+    for pool in list(_all_pools):
+        pool._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for pool in list(_all_pools):
+        pool._after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_all_pools):
+        pool._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+
+
+# -- helpers -------------------------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_seconds(name: str, value: object, *, allow_zero: bool = False, allow_inf: bool = False) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    seconds = float(value)
+    if math.isnan(seconds):
+        raise ValueError(f"{name} must be a number of seconds, got NaN")
+    if math.isinf(seconds) and not (allow_inf and seconds > 0):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value}")
+    return seconds
+
+
+def _capture_frames(frame: FrameType | None) -> list[tuple[str, int, str]]:
+    """Cheaply record where a lease was taken (formatting is deferred until a leak is reported)."""
+    frames = []
+    while frame is not None and len(frames) < 32:
+        code = frame.f_code
+        frames.append((code.co_filename, frame.f_lineno, code.co_name))
+        frame = frame.f_back
+    return frames
+
+
+def _format_frames(frames: list[tuple[str, int, str]]) -> str:
+    return "".join(f'  File "{filename}", line {lineno}, in {name}\n' for filename, lineno, name in reversed(frames))
+
+
+def _describe_error(error: BaseException) -> str:
+    """Describe an error for a log line: its type and message (connectors keep secrets out of messages)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+

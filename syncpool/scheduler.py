@@ -1,0 +1,148 @@
+"""The background threads of one pool: a scheduler thread and a few worker threads.
+
+The scheduler keeps a heap of timed tasks and hands each one, when due, to the workers' queue; workers run tasks one
+at a time. Tasks are plain callables that the pool builds around a weak reference to itself (see
+:func:`weak_task`), so the threads never keep a forgotten pool alive.
+
+Threads are daemons, named ``syncpool-<pool>-scheduler`` and ``syncpool-<pool>-worker-<n>``. An exception raised by
+a task is logged and the thread goes on. :meth:`Scheduler.stop` wakes every thread at once (a sleeping backoff
+never delays a close) and joins them with a timeout: a worker stuck in a connect that never returns is left behind
+as a daemon rather than hanging the caller.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import weakref
+from collections.abc import Callable
+from time import monotonic
+from typing import Any
+
+__all__ = ["Scheduler", "weak_task"]
+
+logger = logging.getLogger("syncpool")
+
+Task = Callable[[], Any]
+
+_STOP = object()
+
+
+def weak_task(owner: object, method_name: str, *args: Any) -> Task:
+    """Return a task that calls ``owner.<method_name>(*args)`` if ``owner`` is still alive, else does nothing."""
+    ref = weakref.ref(owner)
+
+    def task() -> None:
+        target = ref()
+        if target is not None:
+            getattr(target, method_name)(*args)
+
+    task.__qualname__ = f"{type(owner).__name__}.{method_name}"
+    return task
+
+
+class Scheduler:
+    """Runs tasks now (:meth:`submit`) or later (:meth:`call_later`) on a few daemon worker threads."""
+
+    def __init__(self, name: str, *, num_workers: int = 3) -> None:
+        self.name = name
+        self.num_workers = num_workers
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._heap: list[tuple[float, int, Task]] = []
+        self._counter = itertools.count()  # tie-breaker so the heap never compares two tasks
+        self._cond = threading.Condition(threading.Lock())
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return bool(self._threads) and not self._stopping
+
+    def start(self) -> None:
+        """Start the scheduler and worker threads. Idempotent."""
+        with self._cond:
+            if self._threads or self._stopping:
+                return
+            threads = [threading.Thread(target=self._run_timer, name=f"syncpool-{self.name}-scheduler", daemon=True)]
+            threads += [
+                threading.Thread(target=self._run_worker, name=f"syncpool-{self.name}-worker-{i}", daemon=True)
+                for i in range(self.num_workers)
+            ]
+            self._threads = threads
+        for thread in threads:
+            thread.start()
+
+    def submit(self, task: Task) -> None:
+        """Run ``task`` on a worker as soon as one is free."""
+        if not self._stopping:
+            self._queue.put(task)
+
+    def call_later(self, delay: float, task: Task) -> None:
+        """Run ``task`` on a worker after ``delay`` seconds (dropped if the scheduler stops first)."""
+        with self._cond:
+            if self._stopping:
+                return
+            heapq.heappush(self._heap, (monotonic() + delay, next(self._counter), task))
+            self._cond.notify()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop every thread, dropping pending timed tasks; return True if all of them ended within ``timeout``.
+
+        Safe to call several times and from any thread, including one of the workers (which is then not joined).
+        """
+        with self._cond:
+            self._stopping = True
+            self._heap.clear()
+            self._cond.notify_all()
+            threads = list(self._threads)
+        for _ in range(self.num_workers):
+            self._queue.put(_STOP)
+        deadline = None if timeout is None else monotonic() + timeout
+        current = threading.current_thread()
+        alive = False
+        for thread in threads:
+            if thread is current or not thread.is_alive():
+                continue
+            thread.join(None if deadline is None else max(0.0, deadline - monotonic()))
+            alive = alive or thread.is_alive()
+        return not alive
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's threads, which do not exist in a forked child; the pool starts new ones on demand."""
+        self._cond = threading.Condition(threading.Lock())
+        self._queue = queue.SimpleQueue()
+        self._heap = []
+        self._threads = []
+
+    def _run_timer(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while True:
+                    if self._stopping:
+                        return
+                    if self._heap:
+                        delay = self._heap[0][0] - monotonic()
+                        if delay <= 0:
+                            task = heapq.heappop(self._heap)[2]
+                            break
+                        cond.wait(delay)
+                    else:
+                        cond.wait()
+            self._queue.put(task)
+
+    def _run_worker(self) -> None:
+        get = self._queue.get
+        while True:
+            task = get()
+            if task is _STOP:
+                return
+            try:
+                task()
+            except Exception:
+                # A background thread must survive anything a connector or callback throws at it.
+                logger.exception("pool %r: background task %s failed", self.name, getattr(task, "__qualname__", task))

@@ -1,0 +1,274 @@
+"""Leasing: bounds, fairness, timeouts, returns in every state."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from syncpool import Pool, PoolError, PoolTimeout, TooManyWaiters
+
+from .fakes import FakeClient, FakeConnector, wait_until
+
+
+def test_lease_and_return_reuses_the_client() -> None:
+    connector = FakeConnector()
+    with Pool(connector, max_size=2) as pool:
+        with pool.connection(timeout=2) as first:
+            assert isinstance(first, FakeClient)
+        with pool.connection() as second:
+            assert second is first
+        stats = pool.stats()
+    assert connector.connects == 1
+    assert stats["leases_total"] == 2
+    assert stats["size"] == stats["idle"] == 1
+
+
+def test_a_burst_never_creates_more_than_max_size() -> None:
+    connector = FakeConnector(connect_delay=0.02)
+    with Pool(connector, max_size=4, timeout=10) as pool:
+        barrier = threading.Barrier(40)
+
+        def work() -> None:
+            barrier.wait()
+            for _ in range(5):
+                with pool.connection():
+                    time.sleep(0.002)
+
+        threads = [threading.Thread(target=work) for _ in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert pool.stats()["leases_total"] == 200
+    assert connector.max_in_flight <= 4
+    assert connector.max_live <= 4
+
+
+def test_waiters_are_served_first_come_first_served() -> None:
+    with Pool(FakeConnector(), max_size=1, timeout=10) as pool:
+        held = pool.getconn()
+        order: list[int] = []
+
+        def wait_in_line(i: int) -> None:
+            with pool.connection():
+                order.append(i)
+
+        threads = []
+        for i in range(8):
+            t = threading.Thread(target=wait_in_line, args=(i,))
+            t.start()
+            threads.append(t)
+            wait_until(lambda i=i: pool.stats()["waiting"] == i + 1)
+        # A late arrival must queue behind them even though the client is about to be free.
+        pool.putconn(held)
+        late = threading.Thread(target=wait_in_line, args=(99,))
+        late.start()
+        for t in [*threads, late]:
+            t.join()
+    assert order[:8] == list(range(8))
+    assert order[8] == 99
+
+
+def test_lease_timeout_is_precise() -> None:
+    with Pool(FakeConnector(), max_size=1) as pool:
+        held = pool.getconn(timeout=2)
+        try:
+            for _ in range(5):
+                start = time.monotonic()
+                with pytest.raises(PoolTimeout):
+                    pool.getconn(timeout=0.1)
+                assert 0.1 <= time.monotonic() - start < 0.15
+        finally:
+            pool.putconn(held)
+        assert pool.stats()["lease_timeouts"] == 5
+
+
+def test_timeout_message_names_pool_wait_and_counts() -> None:
+    with Pool(FakeConnector(), max_size=1, name="jobs") as pool:
+        held = pool.getconn(timeout=2)
+        with pytest.raises(PoolTimeout) as info:
+            pool.getconn(timeout=0.05)
+        pool.putconn(held)
+    message = str(info.value)
+    assert "pool 'jobs'" in message
+    assert "after waiting 0.05" in message
+    for part in ("size=1", "idle=0", "in_use=1", "waiting=0", "max_size=1"):
+        assert part in message
+
+
+def test_timeout_chains_the_last_connect_error() -> None:
+    connector = FakeConnector()
+    connector.fail_connects = ConnectionRefusedError("db is down")
+    with Pool(connector, max_size=2) as pool:
+        with pytest.raises(PoolTimeout) as info:
+            pool.getconn(timeout=0.3)
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
+
+
+def test_timed_out_waiters_never_swallow_a_client() -> None:
+    """Return clients right when waiters give up, many times; every client must stay accounted for."""
+    connector = FakeConnector()
+    with Pool(connector, max_size=2, timeout=5) as pool:
+        for _ in range(30):
+            held = [pool.getconn(), pool.getconn()]
+            results: list[object] = []
+
+            def waiter() -> None:
+                try:
+                    with pool.connection(timeout=0.02):
+                        results.append("ok")
+                except PoolTimeout:
+                    results.append("timeout")
+
+            threads = [threading.Thread(target=waiter) for _ in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(0.019)
+            for client in held:
+                pool.putconn(client)
+            for t in threads:
+                t.join()
+            assert len(results) == 4
+            stats = pool.stats()
+            assert stats["waiting"] == 0 and stats["in_use"] == 0
+            assert stats["idle"] == stats["size"] == 2
+        # Both clients still serve leases.
+        a, b = pool.getconn(timeout=0.5), pool.getconn(timeout=0.5)
+        pool.putconn(a)
+        pool.putconn(b)
+    assert connector.connects == 2
+
+
+def test_max_waiting_refuses_at_once() -> None:
+    with Pool(FakeConnector(), max_size=1, max_waiting=2, timeout=5) as pool:
+        held = pool.getconn()
+        threads = [threading.Thread(target=lambda: pool.putconn(pool.getconn())) for _ in range(2)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: pool.stats()["waiting"] == 2)
+        start = time.monotonic()
+        with pytest.raises(TooManyWaiters, match="max_waiting=2"):
+            pool.getconn()
+        assert time.monotonic() - start < 0.05
+        pool.putconn(held)
+        for t in threads:
+            t.join()
+        assert pool.stats()["too_many_waiters"] == 1
+
+
+def test_exception_in_block_resets_and_returns() -> None:
+    connector = FakeConnector()
+    with Pool(connector, max_size=1) as pool:
+        with pytest.raises(ZeroDivisionError):
+            with pool.connection(timeout=2) as client:
+                client.dirty = True
+                1 / 0  # noqa: B018
+        assert client.resets == 1 and not client.dirty
+        with pool.connection() as again:
+            assert again is client
+
+
+def test_failed_reset_discards_and_replaces() -> None:
+    connector = FakeConnector()
+    with Pool(connector, max_size=1, min_size=1) as pool:
+        pool.wait(2)
+        connector.fail_reset = True
+        with pool.connection() as client:
+            pass
+        assert client.closed
+        connector.fail_reset = False
+        wait_until(lambda: pool.stats()["idle"] == 1)
+        with pool.connection() as replacement:
+            assert replacement is not client
+        assert pool.stats()["discards"]["reset_failed"] == 1
+
+
+def test_broken_client_is_discarded_not_reset() -> None:
+    connector = FakeConnector()
+    with Pool(connector, max_size=1) as pool:
+        with pool.connection(timeout=2) as client:
+            client.broken = True
+        assert client.closed and client.resets == 0
+        with pool.connection(timeout=2) as replacement:
+            assert replacement is not client
+        assert pool.stats()["discards"]["broken"] == 1
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_base_exceptions_in_block_leak_nothing(exc_type: type[BaseException]) -> None:
+    with Pool(FakeConnector(), max_size=1) as pool:
+        with pytest.raises(exc_type):
+            with pool.connection(timeout=2):
+                raise exc_type()
+        assert pool.stats()["in_use"] == 0
+        pool.putconn(pool.getconn(timeout=0))
+
+
+def test_keyboard_interrupt_while_waiting_leaks_nothing() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach only the main thread")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    with Pool(FakeConnector(), max_size=1) as pool:
+        held = pool.getconn(timeout=2)
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            with pytest.raises(KeyboardInterrupt):
+                pool.getconn(timeout=5)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        assert pool.stats()["waiting"] == 0
+        pool.putconn(held)
+        pool.putconn(pool.getconn(timeout=0))
+
+
+def test_interrupted_waiter_gives_back_a_client_handed_to_it() -> None:
+    """The race: a client is handed over just as the waiter leaves by an exception."""
+    from syncpool.pool import _Waiter
+
+    with Pool(FakeConnector(), max_size=1) as pool:
+        held = pool.getconn(timeout=2)
+        waiter = _Waiter(time.monotonic())
+        with pool._lock:
+            pool._waiters.append(waiter)
+        pool.putconn(held)  # handed to the waiter, which never wakes up to take it
+        assert waiter.record is not None and pool.stats()["in_use"] == 1
+        pool._abandon(waiter)
+        assert pool.stats()["in_use"] == 0 and pool.stats()["idle"] == 1
+
+
+def test_returning_twice_or_to_the_wrong_pool_is_an_error() -> None:
+    with Pool(FakeConnector(), max_size=1, name="a") as a, Pool(FakeConnector(), max_size=1, name="b") as b:
+        client = a.getconn(timeout=2)
+        with pytest.raises(PoolError, match="not leased from this pool"):
+            b.putconn(client)
+        a.putconn(client)
+        with pytest.raises(PoolError, match="returned twice"):
+            a.putconn(client)
+
+
+def test_growth_is_gradual_under_a_burst_of_short_leases() -> None:
+    connector = FakeConnector(connect_delay=0.15)
+    with Pool(connector, min_size=5, max_size=10, timeout=10) as pool:
+        pool.wait(5)
+        barrier = threading.Barrier(50)
+
+        def short_lease() -> None:
+            barrier.wait()
+            with pool.connection():
+                time.sleep(0.001)
+
+        threads = [threading.Thread(target=short_lease) for _ in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(0.2)  # let any connect in flight land
+        assert pool.stats()["size"] <= 7
