@@ -1,0 +1,91 @@
+"""A stateful test: the pool's accounting holds whatever happens, from several threads at once."""
+
+from __future__ import annotations
+
+import threading
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from syncpool import Pool, PoolClosed, PoolTimeout
+
+from .fakes import FakeClient, FakeConnector
+
+
+class PoolMachine(RuleBasedStateMachine):
+    """Leases, returns, breaks, resizes, failing connects and close, while two threads hammer the same pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connector = FakeConnector()
+        self.pool: Pool[FakeClient] = Pool(self.connector, min_size=1, max_size=4, timeout=1.0, max_lifetime=0.3,
+                                           max_idle=0.2, name="stateful")
+        self.held: list[FakeClient] = []
+        self.stop = threading.Event()
+        self.hammers = [threading.Thread(target=self.hammer, daemon=True) for _ in range(2)]
+        for thread in self.hammers:
+            thread.start()
+
+    def hammer(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with self.pool.connection(timeout=0.01):
+                    pass
+            except (PoolTimeout, PoolClosed):
+                pass
+
+    @rule()
+    def lease(self) -> None:
+        try:
+            self.held.append(self.pool.getconn(timeout=0.01))
+        except (PoolTimeout, PoolClosed):
+            pass
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data(), broken=st.booleans())
+    def give_back(self, data: st.DataObject, broken: bool) -> None:
+        client = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
+        client.broken = broken
+        self.pool.putconn(client)
+
+    @rule(min_size=st.integers(0, 3), extra=st.integers(0, 3))
+    def resize(self, min_size: int, extra: int) -> None:
+        self.pool.resize(min_size=min_size, max_size=max(1, min_size + extra))
+
+    @rule(failing=st.booleans())
+    def connects_fail(self, failing: bool) -> None:
+        self.connector.fail_connects = ConnectionRefusedError("down") if failing else None
+
+    @rule(fail_reset=st.booleans())
+    def resets_fail(self, fail_reset: bool) -> None:
+        self.connector.fail_reset = fail_reset
+
+    @rule()
+    def close(self) -> None:
+        self.pool.close(timeout=0)
+
+    @invariant()
+    def accounting_adds_up(self) -> None:
+        stats = self.pool.stats()
+        assert stats["size"] == stats["idle"] + stats["in_use"] + stats["connecting"]
+        assert stats["idle"] + stats["connecting"] <= stats["max_size"]
+        assert stats["in_use"] >= len(self.held)
+        assert stats["waiting"] <= 2
+
+    def teardown(self) -> None:
+        self.stop.set()
+        for thread in self.hammers:
+            thread.join()
+        for client in self.held:
+            self.pool.putconn(client)
+        self.pool.close(timeout=2)
+        stats = self.pool.stats()
+        assert stats["size"] == stats["connecting"], stats  # nothing idle or leased survives a close
+        assert self.connector.live == 0, "a client was never closed"
+
+
+TestPoolMachine = PoolMachine.TestCase
+TestPoolMachine.settings = settings(
+    max_examples=25, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
