@@ -155,6 +155,13 @@ class Pool(Generic[T]):
         reconnect_backoff: Backoff | None = None,
     ) -> None:
         self._connector: Connector[T] = as_connector(connector)
+        # Skip the connector on returns when it keeps the base class's no-op hooks (e.g. a plain callable).
+        connector_type = type(self._connector)
+        self._is_broken = self._connector.is_broken
+        self._reset = self._connector.reset
+        self._returns_need_connector = (
+            connector_type.is_broken is not Connector.is_broken or connector_type.reset is not Connector.reset
+        )
         _check_int("min_size", min_size, minimum=0)
         _check_int("max_size", max_size, minimum=1)
         if min_size > max_size:
@@ -372,19 +379,43 @@ class Pool(Generic[T]):
             timeout = self._timeout
         elif timeout.__class__ is not float or not 0.0 <= timeout < _INF:
             timeout = _check_seconds("timeout", timeout, allow_zero=True)
-        expired: list[_Record] = []
         with self._lock:
-            # Decide: serve the newest idle client unless earlier callers are queued (they go first).
-            while self._idle and not self._waiters:
-                record = self._idle.pop()
+            idle = self._idle
+            if idle and not self._waiters:
+                record = idle[-1]
                 now = monotonic()
-                if record.expires <= now:
-                    expired.append(record)
+                if record.expires > now:
+                    # Decide: the newest idle client is fresh and nobody is queued ahead of us: it is ours.
+                    idle.pop()
+                    record.leased_at = now
+                    self._leased[id(record.client)] = record
+                    self._leases_total += 1
+                    if self._leak_threshold is None:
+                        return record.client  # type: ignore[no-any-return]
+                    record.leak_reported = False
+                    record.lease_frames = _capture_frames(sys._getframe(1))
+                    return record.client  # type: ignore[no-any-return]
+        record = self._getconn_slow(timeout)
+        if self._leak_threshold is not None:
+            record.lease_frames = _capture_frames(sys._getframe(1))
+        return record.client  # type: ignore[no-any-return]
+
+    def _getconn_slow(self, timeout: float) -> _Record:
+        """The lease path when the fast one failed: drop expired clients, else queue (and maybe grow)."""
+        expired: list[_Record] = []
+        record: _Record | None = None
+        with self._lock:
+            # Decide: serve the newest fresh idle client unless earlier callers are queued; else join the queue.
+            while self._idle and not self._waiters:
+                candidate = self._idle.pop()
+                now = monotonic()
+                if candidate.expires <= now:
+                    expired.append(candidate)
                     continue
-                self._lease_locked(record, now)
+                self._lease_locked(candidate, now)
+                record = candidate
                 break
-            else:
-                record = None
+            if record is None:
                 if self._state != _OPEN:
                     raise PoolClosed(f"pool {self.name!r} is closed" if self._state == _CLOSED else
                                      f"pool {self.name!r} is not open yet: call open()")
@@ -396,17 +427,13 @@ class Pool(Generic[T]):
                     )
                 waiter = _Waiter(monotonic())
                 self._waiters.append(waiter)
-            if expired:
-                self._count_discards_locked("lifetime", len(expired))
-            connects = self._plan_connects_locked() if (expired or record is None) else 0
-        if expired or connects:
-            self._start_connects(connects)
-            self._close_clients(expired)
+            self._count_discards_locked("lifetime", len(expired))
+            connects = self._plan_connects_locked()
+        self._start_connects(connects)
+        self._close_clients(expired)
         if record is None:
             record = self._wait_for(waiter, timeout)
-        if self._leak_threshold is not None:
-            record.lease_frames = _capture_frames(sys._getframe(1))
-        return record.client  # type: ignore[no-any-return]
+        return record
 
     def putconn(self, client: T) -> None:
         """Return a client leased with :meth:`getconn`.
@@ -425,39 +452,44 @@ class Pool(Generic[T]):
                 f"pool {self.name!r}: cannot return a {type(client).__name__} that is not leased from this pool "
                 "(returned twice, or leased from another pool)"
             )
-        connector = self._connector
         reason: str | None = None
-        try:
-            if connector.is_broken(client):
-                reason = "broken"
-            else:
-                connector.reset(client)
-        except Exception as error:
-            reason = reason or "reset_failed"
-            logger.warning("pool %r: discarding a client whose reset failed: %s", self.name, _describe_error(error))
+        if self._returns_need_connector:
+            try:
+                if self._is_broken(client):
+                    reason = "broken"
+                else:
+                    self._reset(client)
+            except Exception as error:
+                reason = reason or "reset_failed"
+                logger.warning(
+                    "pool %r: discarding a client whose reset failed: %s", self.name, _describe_error(error)
+                )
         now = monotonic()
         with self._lock:
             if self._leased.pop(id(client), None) is None:
                 raise PoolError(f"pool {self.name!r}: client returned twice (by two threads at once)")
             self._use_seconds_total += now - record.leased_at
-            self._returns_total += 1
-            # Decide: keep it (for the first waiter, else on the idle stack) or discard it.
+            if (
+                reason is None
+                and self._state is _OPEN
+                and record.expires > now
+                # The returned client no longer counts in _leased, hence "<" (false only after a shrink).
+                and len(self._idle) + len(self._leased) + self._connecting < self._max_size
+            ):
+                # Decide: it goes to the oldest waiter, else on top of the idle stack.
+                record.last_used = now
+                self._hand_over_locked(record, now)
+                return
             if reason is None:
-                if self._state != _OPEN:
+                if self._state is not _OPEN:
                     reason = "closed"
                 elif record.expires <= now:
                     reason = "lifetime"
-                elif self._size_locked() >= self._max_size:  # it no longer counts in _leased
+                else:
                     reason = "resize"
-            if reason is None:
-                record.last_used = now
-                self._hand_over_locked(record, now)
-                if self._state != _OPEN and not self._leased:
-                    self._changed.notify_all()
-                return
             self._count_discards_locked(reason, 1)
             connects = self._plan_connects_locked()
-            if self._state != _OPEN:
+            if self._state is not _OPEN:
                 self._changed.notify_all()
         self._start_connects(connects)
         self._close_clients([record])
@@ -574,19 +606,20 @@ class Pool(Generic[T]):
         now = monotonic()
         record = _Record(client, now, now + self._max_lifetime * (1.0 - random.uniform(0.0, 0.1)))
         with self._lock:
-            self._connecting -= 1
             self._connect_failures = 0
             self._last_connect_error = None
             self._connect_seconds_total += now - started
-            if self._state != _OPEN:
-                keep = False
-            else:
-                keep = True
+            # Decide: keep it, unless the pool closed or shrank below its size while we connected.
+            keep = self._state is _OPEN and self._size_locked() <= self._max_size
+            self._connecting -= 1
+            if keep:
                 self._created += 1
                 self._hand_over_locked(record, now)
                 connects = self._plan_connects_locked()
             self._changed.notify_all()
         if not keep:
+            with self._lock:
+                self._count_discards_locked("closed" if self._state is not _OPEN else "resize", 1)
             self._close_clients([record])
             return
         logger.debug("pool %r: new client connected in %.3fs", self.name, now - started)
@@ -596,7 +629,10 @@ class Pool(Generic[T]):
         if self._state != _OPEN:
             return False
         # This attempt is already counted in connecting, hence "<=".
-        return self._size_locked() <= self._min_size or bool(self._waiters and not self._idle)
+        size = self._size_locked()
+        if size > self._max_size:
+            return False
+        return size <= self._min_size or bool(self._waiters and not self._idle)
 
     def _connect_failed(self, error: Exception, duration: float) -> None:
         auth = isinstance(error, AuthError) or self._connector.is_auth_error(error)
@@ -726,7 +762,6 @@ class Pool(Generic[T]):
 
     def _reset_counters(self) -> None:
         self._leases_total = 0
-        self._returns_total = 0
         self._waited_leases = 0
         self._lease_timeouts = 0
         self._too_many_waiters = 0

