@@ -241,7 +241,7 @@ def report(results: dict[tuple[str, int, int, str], list[tuple[float, float]]], 
                     rate = median_rate(key)
                     cells.append(f"{rate:>10,.0f} ({rate / base:5.2f}x)")
                 print(f"{size:>4} {threads:>4} " + " ".join(cells))
-        print(f"fairness (fewest/most leases per thread, median round), threads > size:")
+        print("fairness (fewest/most leases per thread, median round), threads > size:")
         for size in args.sizes:
             for threads in args.threads:
                 if threads <= size:

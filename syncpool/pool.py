@@ -906,7 +906,7 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool = False, allow_
 
 def _capture_frames(frame: FrameType | None) -> list[tuple[str, int, str]]:
     """Cheaply record where a lease was taken (formatting is deferred until a leak is reported)."""
-    frames = []
+    frames: list[tuple[str, int, str]] = []
     while frame is not None and len(frames) < 32:
         code = frame.f_code
         frames.append((code.co_filename, frame.f_lineno, code.co_name))

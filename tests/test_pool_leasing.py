@@ -116,7 +116,7 @@ def test_timed_out_waiters_never_swallow_a_client() -> None:
             held = [pool.getconn(), pool.getconn()]
             results: list[object] = []
 
-            def waiter() -> None:
+            def waiter(results: list[object] = results) -> None:
                 try:
                     with pool.connection(timeout=0.02):
                         results.append("ok")
