@@ -82,6 +82,15 @@ class Connector(Generic[T]):
         """Return True if ``error``, raised by :meth:`connect`, means the credentials were refused."""
         return False
 
+    def is_transient(self, error: BaseException) -> bool:
+        """Return True if an operation that raised ``error`` may succeed if retried on a fresh client.
+
+        Called by :meth:`Pool.run` on each failure; it must only look at the exception. Connection losses,
+        timeouts, throttling and "unavailable" answers are transient; bad requests, missing objects and refused
+        credentials are not. The default says False: nothing is retried unless the connector knows its client.
+        """
+        return False
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description}>"
 

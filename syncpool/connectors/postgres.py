@@ -1,0 +1,365 @@
+"""PostgreSQL through psycopg 3, imported on first connect."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from syncpool._secrets import (
+    conninfo_secrets,
+    is_secret_key,
+    mapping_secrets,
+    mask_conninfo,
+    redact,
+    scrub_exception,
+)
+from syncpool.connector import Connector
+from syncpool.errors import AuthError
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["PostgresConnector"]
+
+logger = logging.getLogger("syncpool")
+
+# Keyword arguments of psycopg.Connection.connect() that are Python objects, not libpq parameters: they are passed
+# as they are, never called to resolve them (a row factory is a callable too).
+_PSYCOPG_OPTIONS = frozenset({"autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory"})
+
+# Messages of the connection failures that mean "the server refused who we are". At connect time libpq reports
+# them as text only, so psycopg's OperationalError has no sqlstate to look at (checked with psycopg 3.3 / libpq 18).
+_AUTH_MESSAGES = (
+    "password authentication failed",
+    "authentication failed for user",  # ident, peer, ldap, radius, cert...
+    "no pg_hba.conf entry",
+    "pg_hba.conf rejects connection",
+    "no password supplied",
+    "is not permitted to log in",
+    "permission denied for database",
+)
+_AUTH_SQLSTATES = frozenset({"28000", "28P01"})  # invalid_authorization_specification, invalid_password
+_SERIALIZATION_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+
+# libpq's PGTransactionStatusType values (stable in libpq's ABI), so the return path needs no import or enum:
+# IDLE, INTRANS and INERROR can go back to the pool (the last two after a rollback); ACTIVE and UNKNOWN cannot.
+_IDLE = 0
+_REUSABLE = frozenset({0, 2, 3})
+
+#: Default libpq ``connect_timeout`` (seconds, per host tried) when neither the conninfo nor the keywords set one.
+DEFAULT_CONNECT_TIMEOUT = 10
+
+
+def _resolve(value: Any) -> Any:
+    return value() if callable(value) else value
+
+
+class PostgresConnector(Connector["psycopg.Connection[Any]"]):
+    """Connects with ``psycopg.connect(conninfo, **connect_kwargs)``.
+
+    Args:
+        conninfo: A libpq connection string (``"host=db user=app"`` or ``"postgresql://..."``), or a zero-argument
+            callable returning one, called at every connect so that a rotated password or token is picked up without
+            restarting the pool. Multi-host strings (``host=a,b target_session_attrs=read-write``) work as libpq
+            allows: each host is tried in turn, ``connect_timeout`` applying to each.
+        configure: Called once with each new connection, before the pool hands it out (``SET`` commands,
+            ``register_*`` adapters). If it leaves a transaction open (autocommit off), the transaction is committed
+            so that its ``SET`` commands persist; if it leaves an error, the connection is discarded.
+        check_timeout: How long :meth:`check` may take, in seconds, before the connection is declared dead.
+            Defaults to 5.
+        retry_serialization: Whether :meth:`is_transient` counts serialization failures (40001) and deadlocks
+            (40P01) as transient, i.e. whether a retried unit of work is a whole transaction. Defaults to False.
+        connect_kwargs: Passed to ``psycopg.connect``. libpq parameters (``password``, ``host``...) may be
+            zero-argument callables, resolved at every connect; psycopg's own options (``autocommit``,
+            ``row_factory``, ``prepare_threshold``...) are passed as they are. ``connect_timeout`` defaults to 10
+            seconds when neither this nor the conninfo sets it, so that a connect cannot hang on a lost host.
+
+    Returned connections go back as they are when idle (no round trip); a transaction left open or failed is rolled
+    back with a warning; a connection in the middle of a command (an unfinished ``COPY``), in an unknown state,
+    closed or broken is discarded.
+    """
+
+    def __init__(
+        self,
+        conninfo: str | Callable[[], str] = "",
+        *,
+        configure: Callable[[psycopg.Connection[Any]], Any] | None = None,
+        check_timeout: float = 5.0,
+        retry_serialization: bool = False,
+        **connect_kwargs: Any,
+    ) -> None:
+        if not (isinstance(conninfo, str) or callable(conninfo)):
+            raise TypeError(
+                f"conninfo must be a str or a callable returning one, not {type(conninfo).__name__}"
+            )
+        if check_timeout <= 0:
+            raise ValueError(f"check_timeout must be positive, got {check_timeout!r}")
+        if configure is not None and not callable(configure):
+            raise TypeError("configure must be a callable taking the new connection")
+        self._conninfo = conninfo
+        self._configure = configure
+        self.check_timeout = check_timeout
+        self.retry_serialization = retry_serialization
+        self._connect_kwargs = connect_kwargs
+        self.description = self._describe()
+
+    def _describe(self) -> str:
+        parts = ["postgresql"]
+        if callable(self._conninfo):
+            parts.append("<conninfo from callable>")
+        elif self._conninfo:
+            parts.append(mask_conninfo(self._conninfo))
+        for key, value in self._connect_kwargs.items():
+            if key in _PSYCOPG_OPTIONS:
+                continue
+            if is_secret_key(key):
+                parts.append(f"{key}=***")
+            elif callable(value):
+                parts.append(f"{key}=<callable>")
+            else:
+                parts.append(f"{key}={mask_conninfo(str(value))}")
+        return " ".join(parts)
+
+    def _resolve_arguments(self) -> tuple[str, dict[str, Any]]:
+        conninfo = _resolve(self._conninfo)
+        kwargs = {
+            key: value if key in _PSYCOPG_OPTIONS else _resolve(value)
+            for key, value in self._connect_kwargs.items()
+        }
+        return conninfo, kwargs
+
+    @staticmethod
+    def _secrets_of(conninfo: str, kwargs: Mapping[str, Any]) -> list[str]:
+        libpq_params = {key: value for key, value in kwargs.items() if key not in _PSYCOPG_OPTIONS}
+        return conninfo_secrets(conninfo) + mapping_secrets(libpq_params)
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """Open a connection, run ``configure`` on it, and return it idle.
+
+        Raises :class:`~syncpool.AuthError` (chaining psycopg's error) when the server refuses the role or password;
+        any other psycopg error is re-raised as it is, its message cleared of the password.
+        """
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+
+        conninfo, kwargs = self._resolve_arguments()
+        secrets = self._secrets_of(conninfo, kwargs)
+        try:
+            params = conninfo_to_dict(conninfo)
+        except psycopg.Error as error:
+            raise scrub_exception(error, secrets) from None
+        if "connect_timeout" not in params and "connect_timeout" not in kwargs:
+            kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+        try:
+            conn = psycopg.connect(conninfo, **kwargs)
+        except psycopg.Error as error:
+            if self.is_auth_error(error):
+                where = self._where(error, params, kwargs)
+                message = redact(str(error), secrets)
+                scrub_exception(error, secrets)
+                raise AuthError(f"PostgreSQL refused the credentials of {where}: {message}") from error
+            raise scrub_exception(error, secrets) from None
+        try:
+            self._run_configure(conn)
+        except BaseException as error:
+            conn.close()
+            if isinstance(error, Exception):
+                scrub_exception(error, secrets)
+            raise
+        return conn
+
+    @staticmethod
+    def _where(error: BaseException, params: Mapping[str, Any], kwargs: Mapping[str, Any]) -> str:
+        """Describe user, host, port and database of a failed attempt, from libpq's record of it when there is one."""
+        merged = {**params, **{k: v for k, v in kwargs.items() if k not in _PSYCOPG_OPTIONS}}
+        pgconn = getattr(error, "pgconn", None)
+
+        def field(name: str, key: str) -> str:
+            value = getattr(pgconn, name, None) if pgconn is not None else None
+            if isinstance(value, bytes) and value:
+                return value.decode(errors="replace")
+            return str(merged.get(key) or "?")
+
+        return (
+            f"user {field('user', 'user')!r} at {field('host', 'host')}:{field('port', 'port')}"
+            f" (database {field('db', 'dbname')!r})"
+        )
+
+    def _run_configure(self, conn: psycopg.Connection[Any]) -> None:
+        from psycopg.pq import TransactionStatus
+
+        if self._configure is None:
+            return
+        self._configure(conn)
+        status = conn.info.transaction_status
+        if status == TransactionStatus.INTRANS:
+            # configure ran SQL with autocommit off: commit, or its SET commands would be rolled back on return.
+            conn.commit()
+        elif status != TransactionStatus.IDLE:
+            raise RuntimeError(f"configure left the connection in transaction state {status.name}")
+
+    def check(self, client: psycopg.Connection[Any]) -> None:
+        """Run ``SELECT 1``, giving up after ``check_timeout`` seconds.
+
+        Called on idle connections only. The query runs in autocommit mode (switched locally, without a round
+        trip) so that no transaction is opened and the connection is left idle. When the server does not answer
+        in time (a hung backend, a silently dropped network), the socket is shut down to unblock the wait, which
+        leaves the connection broken, and :class:`TimeoutError` is raised: the pool discards the connection.
+        """
+        from psycopg.pq import TransactionStatus
+
+        status = client.info.transaction_status
+        if client.closed or client.broken:
+            raise ConnectionError("the connection is closed")
+        if status != TransactionStatus.IDLE:
+            raise RuntimeError(f"check called on a connection in transaction state {status.name}")
+        fileno = client.fileno()
+        outcome = _CheckDeadline(fileno)
+        timer = threading.Timer(self.check_timeout, outcome.expire)
+        timer.name = "syncpool-postgres-check-timeout"
+        timer.daemon = True
+        autocommit = client.autocommit
+        timer.start()
+        try:
+            if not autocommit:
+                client.autocommit = True
+            try:
+                client.execute("SELECT 1").fetchone()
+            finally:
+                if not autocommit and not client.closed and not client.broken:
+                    client.autocommit = False
+        except Exception as error:
+            if outcome.finish():
+                raise
+            raise TimeoutError(
+                f"{self.description}: check got no answer within {self.check_timeout}s"
+            ) from error
+        finally:
+            timer.cancel()
+        if not outcome.finish():
+            raise TimeoutError(f"{self.description}: check got no answer within {self.check_timeout}s")
+
+    def is_broken(self, client: psycopg.Connection[Any]) -> bool:
+        """True if the connection is closed, broken, mid-command (``ACTIVE``, e.g. an unfinished ``COPY``) or in
+        an ``UNKNOWN`` state. Looks at local state only: no I/O.
+
+        Called on every return, so it reads libpq's transaction status directly (about 70 ns): ``conn.info``
+        would build a new object each time, and libpq reports ``UNKNOWN`` for a closed or broken connection, so
+        one integer answers every question.
+        """
+        return client.pgconn.transaction_status not in _REUSABLE
+
+    def reset(self, client: psycopg.Connection[Any]) -> None:
+        """Roll back a transaction left open (``INTRANS``) or failed (``INERROR``), with a warning; an idle
+        connection costs nothing. A failed rollback raises, so the pool discards the connection."""
+        status = client.pgconn.transaction_status
+        if status == _IDLE:
+            return
+        from psycopg.pq import TransactionStatus
+
+        status = TransactionStatus(status)
+        if status not in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            raise RuntimeError(f"cannot reset a connection in transaction state {status.name}")
+        logger.warning(
+            "%s: connection returned in transaction state %s, rolling back", self.description, status.name
+        )
+        client.rollback()
+        status = TransactionStatus(client.pgconn.transaction_status)
+        if status != TransactionStatus.IDLE:
+            raise RuntimeError(f"connection still in transaction state {status.name} after rollback")
+
+    def close(self, client: psycopg.Connection[Any]) -> None:
+        """Close the connection (a Terminate message, then the socket)."""
+        client.close()
+
+    def after_fork(self, client: psycopg.Connection[Any]) -> None:
+        """Point the inherited socket's file descriptor at ``/dev/null``.
+
+        Closing the connection in the child would send libpq's Terminate message over the socket it shares with the
+        parent, ending the parent's session. After this, whatever the child's copy writes (a ``close()``, libpq's
+        finaliser) goes to ``/dev/null`` and closing it closes only the child's descriptor; the parent's socket is
+        untouched. Nothing is sent to the server.
+        """
+        if client.closed:
+            return
+        try:
+            fileno = client.fileno()
+        except Exception:  # no socket to neutralise
+            return
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(devnull, fileno)
+        finally:
+            os.close(devnull)
+
+    def is_auth_error(self, error: BaseException) -> bool:
+        """True for a refused role or password: SQLSTATE 28000/28P01, or the matching connect-time message."""
+        try:
+            import psycopg
+        except ImportError:  # pragma: no cover - psycopg missing: the error cannot be one of its
+            return False
+        if not isinstance(error, psycopg.Error):
+            return False
+        if error.sqlstate in _AUTH_SQLSTATES:
+            return True
+        if isinstance(error, psycopg.OperationalError) and error.sqlstate is None:
+            message = str(error).lower()
+            return any(fragment in message for fragment in _AUTH_MESSAGES)
+        return False
+
+    def is_transient(self, error: BaseException) -> bool:
+        """True if retrying on a fresh connection may succeed.
+
+        Connection losses and timeouts (psycopg's ``OperationalError`` family, which includes admin shutdowns,
+        cancelled statements and connect failures, and Python's own ``ConnectionError``/``TimeoutError``) are
+        transient, except refused credentials and a missing database. Serialization failures (40001) and deadlocks
+        (40P01) are transient only when the connector was built with ``retry_serialization=True``.
+        """
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return True
+        try:
+            import psycopg
+        except ImportError:  # pragma: no cover
+            return False
+        if not isinstance(error, psycopg.Error):
+            return False
+        if error.sqlstate in _SERIALIZATION_SQLSTATES:
+            return self.retry_serialization
+        if self.is_auth_error(error):
+            return False
+        if isinstance(error, psycopg.OperationalError):
+            return not (error.sqlstate is None and "does not exist" in str(error))
+        return False
+
+
+class _CheckDeadline:
+    """Races a check against its timer: whichever comes first decides whether the check timed out."""
+
+    def __init__(self, fileno: int) -> None:
+        self._fileno = fileno
+        self._lock = threading.Lock()
+        self._state = "running"  # -> "done" or "expired"
+
+    def expire(self) -> None:
+        with self._lock:  # decides: the check is late, shut the socket down
+            if self._state != "running":
+                return
+            self._state = "expired"
+            # shutdown() acts on the socket itself, so it wakes the thread blocked reading it; the descriptor is
+            # duplicated so that psycopg's own one stays valid (it closes it with the connection).
+            try:
+                with socket.socket(fileno=os.dup(self._fileno)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def finish(self) -> bool:
+        """Mark the check done; return False if the timer expired first."""
+        with self._lock:  # decides: finished in time or not
+            if self._state == "running":
+                self._state = "done"
+            return self._state == "done"
