@@ -16,11 +16,12 @@ from types import FrameType, TracebackType
 from typing import Any, Generic, TypeVar
 
 from .connector import Connector, as_connector
-from .errors import AuthError, PoolClosed, PoolError, PoolTimeout, TooManyWaiters
+from .errors import AuthError, PoolClosed, PoolError, PoolTimeout, PoolUnavailable, TooManyWaiters
+from .histogram import Histogram
 from .retry import Backoff
 from .scheduler import Scheduler, weak_task
 
-__all__ = ["Lease", "Pool"]
+__all__ = ["EVENTS", "Lease", "Pool"]
 
 logger = logging.getLogger("syncpool")
 
@@ -35,7 +36,23 @@ _all_pools: weakref.WeakSet[Pool[Any]] = weakref.WeakSet()
 _fork_orphans: list[Any] = []
 
 # Discard reasons, as counted in ``stats()["discards"]``.
-_REASONS = ("broken", "reset_failed", "lifetime", "idle", "check_failed", "resize", "closed")
+_REASONS = ("broken", "reset_failed", "lifetime", "idle", "check_failed", "resize", "reload", "closed")
+
+#: Events a listener can subscribe to with :meth:`Pool.add_listener`, and the keyword arguments each one gets.
+EVENTS = {
+    "connect": "duration (seconds the connect took)",
+    "connect_failed": "error, attempt (consecutive failures), duration",
+    "lease": "wait (seconds spent queued; 0.0 when served at once)",
+    "return": "use (seconds the client was leased)",
+    "discard": "reason (one of the discard reasons of stats())",
+    "timeout": "waited (seconds)",
+    "check_failed": "error (None when the check overran health_check_timeout)",
+    "open": "(nothing)",
+    "close": "(nothing)",
+    "resize": "min_size, max_size",
+    "reload": "(nothing)",
+    "breaker": "state (closed, open or half_open)",
+}
 
 # Pool states.
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
@@ -44,7 +61,7 @@ _NEW, _OPEN, _CLOSED = "new", "open", "closed"
 class _Record:
     """One client owned by the pool and the facts the pool keeps about it."""
 
-    __slots__ = ("client", "created", "expires", "last_used", "leased_at", "lease_frames", "leak_reported")
+    __slots__ = ("client", "created", "expires", "last_used", "leased_at", "lease_frames", "leak_reported", "abandoned")
 
     def __init__(self, client: Any, created: float, expires: float) -> None:
         self.client = client
@@ -54,6 +71,7 @@ class _Record:
         self.leased_at = 0.0
         self.lease_frames: list[tuple[str, int, str]] | None = None  # where it was leased, if leaks are watched
         self.leak_reported = False
+        self.abandoned = False  # its health check overran: discard it whatever the check says
 
 
 class _Waiter:
@@ -136,6 +154,23 @@ class Pool(Generic[T]):
         num_workers: Background worker threads (connects, closes, maintenance). Defaults to 3.
         reconnect_backoff: Delays between failed connect attempts. Defaults to ``Backoff()`` (0.1 s doubling to
             10 s); while callers are waiting the delay is capped at 0.25 s so a recovered server is found quickly.
+        reconnect_timeout: Seconds of failing connects after which ``reconnect_failed`` is called (once per
+            outage); trying goes on. Defaults to 5 * 60.0.
+        reconnect_failed: Called as ``reconnect_failed(pool)`` on a worker thread when ``reconnect_timeout``
+            expires; for alerting. Defaults to None.
+        health_check_interval: Seconds between health passes, which take idle clients out one at a time, run
+            :meth:`Connector.check` on them outside the lock and put them back or replace them; None disables
+            them. Defaults to 30.0.
+        health_check_timeout: Seconds a health check may take before its client is given up as failed (it is
+            closed when the check returns). Defaults to 5.0.
+        check_after_idle: On lease, a client idle for at least this many seconds is checked first (in the leasing
+            thread) and replaced if the check fails; 0 checks every lease; None disables it. Defaults to None.
+        breaker_threshold: Consecutive failed connects that open the circuit breaker: leases that cannot be served
+            from idle clients then fail at once with :class:`~syncpool.PoolUnavailable` instead of waiting out
+            their timeout, and one probe connect at a time tests the backend; the first success closes it. None
+            disables the breaker. Defaults to 5.
+        breaker_probe_interval: Shortest gap in seconds between probes started by leases while the breaker is
+            open (background retries follow ``reconnect_backoff``). Defaults to 0.25.
     """
 
     def __init__(
@@ -153,6 +188,13 @@ class Pool(Generic[T]):
         open: bool = True,
         num_workers: int = 3,
         reconnect_backoff: Backoff | None = None,
+        reconnect_timeout: float = 5 * 60.0,
+        reconnect_failed: Callable[[Pool[T]], object] | None = None,
+        health_check_interval: float | None = 30.0,
+        health_check_timeout: float = 5.0,
+        check_after_idle: float | None = None,
+        breaker_threshold: int | None = 5,
+        breaker_probe_interval: float = 0.25,
     ) -> None:
         self._connector: Connector[T] = as_connector(connector)
         # Skip the connector on returns when it keeps the base class's no-op hooks (e.g. a plain callable).
@@ -183,7 +225,24 @@ class Pool(Generic[T]):
         if reconnect_backoff is not None and not isinstance(reconnect_backoff, Backoff):
             raise TypeError(f"reconnect_backoff must be a syncpool.retry.Backoff, not {type(reconnect_backoff).__name__}")
 
+        self._reconnect_timeout = _check_seconds("reconnect_timeout", reconnect_timeout, allow_inf=True)
+        if reconnect_failed is not None and not callable(reconnect_failed):
+            raise TypeError(f"reconnect_failed must be callable, not {type(reconnect_failed).__name__}")
+        self._health_check_interval = (
+            None if health_check_interval is None else _check_seconds("health_check_interval", health_check_interval)
+        )
+        self._health_check_timeout = _check_seconds("health_check_timeout", health_check_timeout)
+        # inf when disabled, so the lease path compares once instead of testing for None.
+        self._check_after_idle = (
+            _INF if check_after_idle is None else _check_seconds("check_after_idle", check_after_idle, allow_zero=True)
+        )
+        if breaker_threshold is not None:
+            _check_int("breaker_threshold", breaker_threshold, minimum=1)
+        self._breaker_probe_interval = _check_seconds("breaker_probe_interval", breaker_probe_interval, allow_zero=True)
+
         self.name = name
+        self._reconnect_failed = reconnect_failed
+        self._breaker_threshold = breaker_threshold
         self._min_size = min_size
         self._max_size = max_size
         self._max_waiting = max_waiting
@@ -196,8 +255,20 @@ class Pool(Generic[T]):
         self._leased: dict[int, _Record] = {}  # id(client) -> record, for clients out of the pool
         self._waiters: deque[_Waiter] = deque()
         self._connecting = 0  # connect attempts under way or waiting out a backoff
+        self._checking = 0  # clients out of the idle stack for a health check
         self._connect_failures = 0  # consecutive failed connect attempts
         self._last_connect_error: BaseException | None = None
+        self._outage_since: float | None = None  # when the current run of failed connects began
+        self._outage_reported = False  # reconnect_failed already called for this outage
+        self._retry_tokens: set[int] = set()  # retries waiting out a backoff (each counted in _connecting)
+        self._next_token = 0
+        self._breaker = "closed"  # or "open" (failing fast), "half_open" (a probe is connecting)
+        self._next_probe_at = 0.0
+        self._health_running = False
+        self._listeners: dict[str, list[Callable[..., object]]] = {}
+        self._lease_listeners = False  # any "lease" or "return" listener: the hot path checks only this flag
+        self._use_times: list[float] = []  # lease durations not yet folded into the use_time histogram
+        self._breaker_changes: deque[str] = deque()  # breaker states to log and emit once outside the lock
         self._closed_event = threading.Event()
         self._orphans: dict[int, Any] = {}  # clients leased in the parent before a fork (only in a child)
         self._scheduler = Scheduler(name, num_workers=num_workers)
@@ -263,11 +334,18 @@ class Pool(Generic[T]):
             self._state = _OPEN
             connects = self._plan_connects_locked() if starting else 0
         if starting:
-            self._scheduler.start()
-            self._scheduler.call_later(self._maintenance_interval, weak_task(self, "_maintain"))
+            self._start_threads()
             self._start_connects(connects)
+            logger.info("pool %r opened (min_size=%d, max_size=%d)", self.name, self._min_size, self._max_size)
+            self._emit("open")
         if wait:
             self.wait(timeout)
+
+    def _start_threads(self) -> None:
+        self._scheduler.start()
+        self._scheduler.call_later(self._maintenance_interval, weak_task(self, "_maintain"))
+        if self._health_check_interval is not None:
+            self._scheduler.call_later(self._health_check_interval, weak_task(self, "_scheduled_health_pass"))
 
     def wait(self, timeout: float = 30.0) -> None:
         """Block until the pool holds at least ``min_size`` clients.
@@ -283,11 +361,11 @@ class Pool(Generic[T]):
             while True:
                 if self._state != _OPEN:
                     raise PoolClosed(f"pool {self.name!r} is not open")
-                if len(self._idle) + len(self._leased) >= self._min_size:
+                if len(self._idle) + len(self._leased) + self._checking >= self._min_size:
                     return
                 error = self._last_connect_error
                 if isinstance(error, AuthError):
-                    raise error
+                    raise self._auth_error(error)
                 remaining = deadline - monotonic()
                 if remaining <= 0:
                     raise PoolTimeout(
@@ -303,8 +381,9 @@ class Pool(Generic[T]):
         still out may finish for up to ``timeout`` seconds; each is closed when it comes back. Clients still leased
         after the timeout are not closed under their user's feet (which could crash a client library mid-call):
         they are closed when returned, and a warning says how many are out. Background threads are stopped and
-        joined within the same timeout. Idempotent and safe to call from several threads: later callers wait for the
-        first close to finish, up to their own timeout.
+        joined within the same timeout (a connect or check that hangs is left to end as a daemon thread). Idempotent
+        and safe to call from several threads: later callers wait for the first close to finish, up to their own
+        timeout.
         """
         timeout = _check_seconds("timeout", timeout, allow_zero=True)
         deadline = monotonic() + timeout
@@ -320,13 +399,16 @@ class Pool(Generic[T]):
                 for waiter in waiters:
                     waiter.error = PoolClosed(f"pool {self.name!r} was closed while waiting")
                     waiter.wakeup.release()
+                # Retries waiting out a backoff will never run: the scheduler drops them.
+                self._connecting -= len(self._retry_tokens)
+                self._retry_tokens.clear()
                 self._count_discards_locked("closed", len(idle))
                 self._changed.notify_all()
         if not first:
             self._closed_event.wait(max(0.0, deadline - monotonic()))
             return
         try:
-            self._close_clients(idle)
+            self._close_clients(idle, "closed")
             with self._lock:
                 while self._leased and (remaining := deadline - monotonic()) > 0:
                     self._changed.wait(remaining)
@@ -341,6 +423,7 @@ class Pool(Generic[T]):
             logger.info("pool %r closed", self.name)
         finally:
             self._closed_event.set()
+        self._emit("close")
 
     def __enter__(self) -> Pool[T]:
         if self._state == _NEW:
@@ -371,6 +454,7 @@ class Pool(Generic[T]):
         Raises:
             PoolTimeout: No client was free in time; the message gives the pool's counts and ``__cause__`` is the
                 last connect error, if connects are failing.
+            PoolUnavailable: The circuit breaker is open (connects keep failing); ``__cause__`` is the last error.
             TooManyWaiters: ``max_waiting`` callers are already queued.
             AuthError: The backend refused the credentials while this caller waited.
             PoolClosed: The pool is closed, or was closed while waiting.
@@ -384,26 +468,54 @@ class Pool(Generic[T]):
             if idle and not self._waiters:
                 record = idle[-1]
                 now = monotonic()
-                if record.expires > now:
+                if record.expires > now and now - record.last_used < self._check_after_idle:
                     # Decide: the newest idle client is fresh and nobody is queued ahead of us: it is ours.
                     idle.pop()
                     record.leased_at = now
                     self._leased[id(record.client)] = record
                     self._leases_total += 1
-                    if self._leak_threshold is None:
+                    if self._leak_threshold is None and not self._lease_listeners:
                         return record.client  # type: ignore[no-any-return]
                     record.leak_reported = False
                     record.lease_frames = _capture_frames(sys._getframe(1))
-                    return record.client  # type: ignore[no-any-return]
+                    lease_frames = True
+                else:
+                    lease_frames = False
+            else:
+                lease_frames = False
+        if lease_frames:  # the fast path, with leak tracking or listeners
+            self._emit("lease", wait=0.0)
+            return record.client  # type: ignore[no-any-return]
         record = self._getconn_slow(timeout)
         if self._leak_threshold is not None:
             record.lease_frames = _capture_frames(sys._getframe(1))
         return record.client  # type: ignore[no-any-return]
 
     def _getconn_slow(self, timeout: float) -> _Record:
-        """The lease path when the fast one failed: drop expired clients, else queue (and maybe grow)."""
+        """The lease path when the fast one could not serve: expired or stale clients, queueing, the breaker."""
+        deadline = monotonic() + timeout
+        while True:
+            record, waited = self._take_or_wait(max(0.0, deadline - monotonic()))
+            if waited or monotonic() - record.last_used < self._check_after_idle:
+                break
+            # Idle long enough to deserve a check before use (check_after_idle): done here, unlocked.
+            try:
+                self._connector.check(record.client)
+                break
+            except Exception as error:
+                logger.warning(
+                    "pool %r: discarding a client that failed its check on lease: %s", self.name, _describe_error(error)
+                )
+                self._emit("check_failed", error=error)
+                self._discard_leased(record, "check_failed")
+        self._emit("lease", wait=waited)
+        return record
+
+    def _take_or_wait(self, timeout: float) -> tuple[_Record, float]:
+        """Take the newest fresh idle client, or queue for one; return it and the seconds spent queued."""
         expired: list[_Record] = []
         record: _Record | None = None
+        probe = False
         with self._lock:
             # Decide: serve the newest fresh idle client unless earlier callers are queued; else join the queue.
             while self._idle and not self._waiters:
@@ -425,21 +537,36 @@ class Pool(Generic[T]):
                         f"pool {self.name!r}: {len(self._waiters)} callers already waiting (max_waiting="
                         f"{self._max_waiting})"
                     )
+                if self._breaker != "closed":
+                    # Decide: fail fast, unless this caller may start the one probe and wait for its outcome.
+                    now = monotonic()
+                    if self._breaker == "half_open" or now < self._next_probe_at:
+                        self._breaker_rejections += 1
+                        raise self._unavailable_error()
+                    probe = True
+                    self._set_breaker_locked("half_open")
+                    self._next_probe_at = now + self._breaker_probe_interval
+                    if self._retry_tokens:
+                        self._retry_tokens.pop()  # the pending retry's slot becomes the probe's
+                    else:
+                        self._connecting += 1
                 waiter = _Waiter(monotonic())
                 self._waiters.append(waiter)
             self._count_discards_locked("lifetime", len(expired))
             connects = self._plan_connects_locked()
+        if probe:
+            self._scheduler.submit(weak_task(self, "_connect", None))
         self._start_connects(connects)
-        self._close_clients(expired)
-        if record is None:
-            record = self._wait_for(waiter, timeout)
-        return record
+        self._close_clients(expired, "lifetime")
+        if record is not None:
+            return record, 0.0
+        return self._wait_for(waiter, timeout), monotonic() - waiter.since
 
     def putconn(self, client: T) -> None:
         """Return a client leased with :meth:`getconn`.
 
         The client is reset (see :meth:`Connector.reset`) and goes back to the pool, or is discarded and replaced
-        if it is broken, failed its reset, outlived ``max_lifetime`` or the pool shrank or closed.
+        if it is broken, failed its reset, outlived ``max_lifetime`` or the pool shrank, reloaded or closed.
 
         Raises:
             PoolError: ``client`` is not leased from this pool (returned twice, or leased from another pool).
@@ -468,35 +595,55 @@ class Pool(Generic[T]):
         with self._lock:
             if self._leased.pop(id(client), None) is None:
                 raise PoolError(f"pool {self.name!r}: client returned twice (by two threads at once)")
-            self._use_seconds_total += now - record.leased_at
+            use_times = self._use_times
+            use_times.append(now - record.leased_at)
+            if len(use_times) >= 1024:
+                self._use_hist.add_many(use_times)
+                use_times.clear()
             if (
                 reason is None
                 and self._state is _OPEN
                 and record.expires > now
                 # The returned client no longer counts in _leased, hence "<" (false only after a shrink).
-                and len(self._idle) + len(self._leased) + self._connecting < self._max_size
+                and len(self._idle) + len(self._leased) + self._connecting + self._checking < self._max_size
             ):
                 # Decide: it goes to the oldest waiter, else on top of the idle stack.
                 record.last_used = now
                 self._hand_over_locked(record, now)
-                return
-            if reason is None:
+                if not self._lease_listeners:
+                    return
+                reason = None
+            else:
+                if reason is None:
+                    if self._state is not _OPEN:
+                        reason = "closed"
+                    elif record.expires <= now:
+                        reason = "reload" if record.expires == -_INF else "lifetime"
+                    else:
+                        reason = "resize"
+                self._count_discards_locked(reason, 1)
+                connects = self._plan_connects_locked()
                 if self._state is not _OPEN:
-                    reason = "closed"
-                elif record.expires <= now:
-                    reason = "lifetime"
-                else:
-                    reason = "resize"
+                    self._changed.notify_all()
+        if self._lease_listeners:
+            self._emit("return", use=now - record.leased_at)
+        if reason is not None:
+            self._start_connects(connects)
+            self._close_clients([record], reason)
+
+    def _discard_leased(self, record: _Record, reason: str) -> None:
+        """Discard a client the pool leased but never handed to its caller (it failed its check on lease)."""
+        with self._lock:
+            self._leased.pop(id(record.client), None)
             self._count_discards_locked(reason, 1)
             connects = self._plan_connects_locked()
             if self._state is not _OPEN:
                 self._changed.notify_all()
         self._start_connects(connects)
-        self._close_clients([record])
+        self._close_clients([record], reason)
 
     def _wait_for(self, waiter: _Waiter, timeout: float) -> _Record:
         """Block until ``waiter`` is handed a client, fails, or times out. Runs without the lock."""
-        started = monotonic()
         try:
             woken = waiter.wakeup.acquire(True, timeout) if timeout > 0 else False
             if not woken:
@@ -505,13 +652,19 @@ class Pool(Generic[T]):
                     if waiter.record is None and waiter.error is None:
                         self._waiters.remove(waiter)
                         self._lease_timeouts += 1
-                        waited = monotonic() - started
+                        waited = monotonic() - waiter.since
                         message = (
                             f"pool {self.name!r}: no client available after waiting {waited:.3f}s "
                             f"(timeout={timeout:.3g}s; {self._describe_locked()})"
                         )
                         cause = self._last_connect_error
-                        raise PoolTimeout(message) from cause
+                        error: BaseException = PoolTimeout(message)
+                        error.__cause__ = cause
+                    else:
+                        error = None  # type: ignore[assignment]
+                if error is not None:
+                    self._emit("timeout", waited=waited)
+                    raise error
         except BaseException:
             # KeyboardInterrupt or SystemExit while waiting, or the timeout above: leak nothing.
             self._abandon(waiter)
@@ -547,21 +700,25 @@ class Pool(Generic[T]):
             waiter = self._waiters.popleft()
             self._lease_locked(record, now)
             self._waited_leases += 1
-            self._wait_seconds_total += now - waiter.since
+            # ``now`` may predate the lock (the return path reads the clock first), and so this waiter's arrival.
+            waited = now - waiter.since if now > waiter.since else 0.0
+            self._wait_seconds_total += waited
+            self._wait_hist.add(waited)
             waiter.record = record
             waiter.wakeup.release()
         else:
             self._idle.append(record)
 
     def _size_locked(self) -> int:
-        return len(self._idle) + len(self._leased) + self._connecting
+        return len(self._idle) + len(self._leased) + self._connecting + self._checking
 
     def _plan_connects_locked(self) -> int:
         """Return how many connects to start now, and count them as connecting.
 
-        Fill to ``min_size`` in parallel; beyond it grow by one connect at a time while callers wait.
+        Fill to ``min_size`` in parallel; beyond it grow by one connect at a time while callers wait. Nothing
+        while the breaker is open: only its probe connects then.
         """
-        if self._state != _OPEN:
+        if self._state != _OPEN or self._breaker != "closed":
             return 0
         size = self._size_locked()
         wanted = self._min_size - size
@@ -579,24 +736,48 @@ class Pool(Generic[T]):
 
     def _describe_locked(self) -> str:
         return (
-            f"size={self._size_locked()} idle={len(self._idle)} in_use={len(self._leased)} "
+            f"size={self._size_locked()} idle={len(self._idle)} in_use={len(self._leased) + self._checking} "
             f"connecting={self._connecting} waiting={len(self._waiters)} max_size={self._max_size}"
         )
 
-    # -- work done outside the lock --------------------------------------------------------------------------------
+    def _set_breaker_locked(self, state: str) -> None:
+        if state != self._breaker:
+            self._breaker = state
+            self._breaker_changes.append(state)
+
+    def _unavailable_error(self) -> PoolUnavailable:
+        error = PoolUnavailable(
+            f"pool {self.name!r}: circuit breaker open after {self._connect_failures} failed connects to "
+            f"{self._connector.description}; failing fast ({self._describe_locked()})"
+        )
+        error.__cause__ = self._last_connect_error
+        return error
+
+    # -- connecting (on worker threads) ----------------------------------------------------------------------------
 
     def _start_connects(self, count: int) -> None:
         for _ in range(count):
-            self._scheduler.submit(weak_task(self, "_connect"))
+            self._scheduler.submit(weak_task(self, "_connect", None))
 
-    def _connect(self) -> None:
-        """Create one client (on a worker thread) and hand it to a waiter or the idle stack."""
+    def _connect(self, token: int | None) -> None:
+        """Create one client (on a worker thread) and hand it to a waiter or the idle stack.
+
+        ``token`` identifies a retry scheduled after a failure; a probe may have taken over its slot since, in which
+        case this task has nothing left to do.
+        """
         with self._lock:
             # Decide: is this attempt (counted in connecting) still wanted?
+            if token is not None:
+                if token not in self._retry_tokens:
+                    return  # its slot went to a probe (or the pool closed)
+                self._retry_tokens.discard(token)
             if not self._connect_still_wanted_locked():
                 self._connecting -= 1
                 self._changed.notify_all()
                 return
+            if self._breaker == "open":
+                self._set_breaker_locked("half_open")  # this retry is the probe
+        self._flush_breaker_events()
         started = monotonic()
         try:
             client = self._connector.connect()
@@ -606,9 +787,14 @@ class Pool(Generic[T]):
         now = monotonic()
         record = _Record(client, now, now + self._max_lifetime * (1.0 - random.uniform(0.0, 0.1)))
         with self._lock:
+            recovered = self._breaker != "closed" or self._outage_since is not None
             self._connect_failures = 0
             self._last_connect_error = None
+            self._outage_since = None
+            self._outage_reported = False
+            self._set_breaker_locked("closed")
             self._connect_seconds_total += now - started
+            self._connect_hist.add(now - started)
             # Decide: keep it, unless the pool closed or shrank below its size while we connected.
             keep = self._state is _OPEN and self._size_locked() <= self._max_size
             self._connecting -= 1
@@ -616,13 +802,18 @@ class Pool(Generic[T]):
                 self._created += 1
                 self._hand_over_locked(record, now)
                 connects = self._plan_connects_locked()
-            self._changed.notify_all()
-        if not keep:
-            with self._lock:
+            else:
                 self._count_discards_locked("closed" if self._state is not _OPEN else "resize", 1)
-            self._close_clients([record])
+            self._changed.notify_all()
+        self._flush_breaker_events()
+        if not keep:
+            self._close_clients([record], "closed" if self._state is not _OPEN else "resize")
             return
-        logger.debug("pool %r: new client connected in %.3fs", self.name, now - started)
+        if recovered:
+            logger.info("pool %r: connected to %s again", self.name, self._connector.description)
+        else:
+            logger.debug("pool %r: new client connected in %.3fs", self.name, now - started)
+        self._emit("connect", duration=now - started)
         self._start_connects(connects)
 
     def _connect_still_wanted_locked(self) -> bool:
@@ -637,33 +828,72 @@ class Pool(Generic[T]):
     def _connect_failed(self, error: Exception, duration: float) -> None:
         auth = isinstance(error, AuthError) or self._connector.is_auth_error(error)
         wrapped = self._auth_error(error) if auth else error
+        now = monotonic()
+        report_outage = False
         with self._lock:
             self._connect_errors += 1
             self._connect_failures += 1
             self._last_connect_error = wrapped
             failures = self._connect_failures
-            waiters: list[_Waiter] = []
+            if self._outage_since is None:
+                self._outage_since = now - duration
+            elif not self._outage_reported and now - self._outage_since >= self._reconnect_timeout:
+                self._outage_reported = report_outage = True
             if auth:
                 # Retrying cannot fix refused credentials: fail every waiter now instead of at its timeout.
-                waiters, self._waiters = list(self._waiters), deque()
-                for waiter in waiters:
+                for waiter in self._waiters:
                     waiter.error = self._auth_error(error)  # one instance each: tracebacks are per raise
                     waiter.wakeup.release()
-            retry = self._connect_still_wanted_locked()
+                self._waiters.clear()
+            elif self._breaker_threshold is not None and failures >= self._breaker_threshold:
+                self._set_breaker_locked("open")
+                self._next_probe_at = now + self._breaker_probe_interval
+                for waiter in self._waiters:
+                    waiter.error = self._unavailable_error()
+                    waiter.wakeup.release()
+                self._breaker_rejections += len(self._waiters)
+                self._waiters.clear()
+            # Decide: retry after a backoff? While the breaker is open, one retry loop is enough.
+            retry = self._connect_still_wanted_locked() and not (self._breaker != "closed" and self._retry_tokens)
             if retry:
                 delay = self._backoff.delay(failures)
                 if self._waiters:
                     delay = min(delay, 0.25)
+                self._next_token += 1
+                token = self._next_token
+                self._retry_tokens.add(token)
             else:
                 self._connecting -= 1
             self._changed.notify_all()
+        self._flush_breaker_events()
         logger.warning(
             "pool %r: connect to %s failed (attempt %d, %.3fs): %s%s",
             self.name, self._connector.description, failures, duration, _describe_error(error),
             f"; retrying in {delay:.2f}s" if retry else "",
         )
+        self._emit("connect_failed", error=wrapped, attempt=failures, duration=duration)
         if retry:
-            self._scheduler.call_later(delay, weak_task(self, "_connect"))
+            self._scheduler.call_later(delay, weak_task(self, "_connect", token))
+        if report_outage and self._reconnect_failed is not None:
+            logger.error(
+                "pool %r: no connection to %s for %.3gs (reconnect_timeout); still trying",
+                self.name, self._connector.description, self._reconnect_timeout,
+            )
+            try:
+                self._reconnect_failed(self)
+            except Exception:
+                logger.exception("pool %r: reconnect_failed callback failed", self.name)
+
+    def _flush_breaker_events(self) -> None:
+        """Log and emit breaker state changes recorded under the lock, in order, outside it."""
+        while self._breaker_changes:
+            try:
+                state = self._breaker_changes.popleft()
+            except IndexError:
+                return
+            log = logger.warning if state == "open" else logger.info
+            log("pool %r: circuit breaker %s", self.name, state.replace("_", "-"))
+            self._emit("breaker", state=state)
 
     def _auth_error(self, error: Exception) -> AuthError:
         """Return an AuthError for a refused connect, chaining the client's own error."""
@@ -677,14 +907,113 @@ class Pool(Generic[T]):
             wrapped.__cause__ = error
         return wrapped
 
-    def _close_clients(self, records: list[_Record]) -> None:
+    def _close_clients(self, records: list[_Record], reason: str) -> None:
         for record in records:
             try:
                 self._connector.close(record.client)
             except Exception as error:
                 logger.warning("pool %r: error closing a client: %s", self.name, _describe_error(error))
+            self._emit("discard", reason=reason)
         if records:
-            logger.debug("pool %r: closed %d client(s)", self.name, len(records))
+            logger.debug("pool %r: closed %d client(s) (%s)", self.name, len(records), reason)
+
+    # -- health checks ---------------------------------------------------------------------------------------------
+
+    def check(self) -> dict[str, int]:
+        """Check every idle client now and replace those that fail; return ``{"ok": n, "failed": n}``.
+
+        Clients are taken out of the idle stack one at a time (so leases barely notice), checked with
+        :meth:`Connector.check` outside the lock, and put back or discarded. A check that takes longer than
+        ``health_check_timeout`` counts as failed: its client is closed when the check finally returns, and the
+        pass goes on without it. The background health pass (``health_check_interval``) does the same.
+        """
+        with self._lock:
+            if self._state is not _OPEN:
+                return {"ok": 0, "failed": 0}
+            candidates = list(self._idle)  # least recently used first
+        outcome = {"ok": 0, "failed": 0}
+        for record in candidates:
+            with self._lock:
+                # Decide: take it out for a check only if it is still idle.
+                if self._state is not _OPEN:
+                    break
+                try:
+                    self._idle.remove(record)
+                except ValueError:
+                    continue  # leased or retired since
+                self._checking += 1
+            ok = self._check_one(record)
+            outcome["ok" if ok else "failed"] += 1
+        return outcome
+
+    def _check_one(self, record: _Record) -> bool:
+        """Check one client on its own thread, waiting at most ``health_check_timeout``; True if it passed."""
+        done = threading.Event()
+        verdict: list[bool] = []
+
+        def run() -> None:
+            try:
+                self._connector.check(record.client)
+                error: Exception | None = None
+            except Exception as failure:
+                error = failure
+            verdict.append(self._finish_check(record, error))
+            done.set()
+
+        threading.Thread(target=run, name=f"syncpool-{self.name}-check", daemon=True).start()
+        if done.wait(self._health_check_timeout):
+            return verdict[0]
+        with self._lock:
+            if not done.is_set():
+                record.abandoned = True  # _finish_check discards it whenever the check returns
+        if done.is_set():
+            return verdict[0]
+        logger.warning(
+            "pool %r: health check still running after %.3gs; the client will be discarded",
+            self.name, self._health_check_timeout,
+        )
+        self._emit("check_failed", error=None)
+        return False
+
+    def _finish_check(self, record: _Record, error: Exception | None) -> bool:
+        now = monotonic()
+        with self._lock:
+            self._checking -= 1
+            # Decide: back to the pool (as its least recently used client), or discard and replace it.
+            if error is None and not record.abandoned and self._state is _OPEN and record.expires > now:
+                self._health_ok += 1
+                if self._waiters:
+                    self._hand_over_locked(record, now)
+                else:
+                    self._idle.insert(0, record)
+                return True
+            reason = "check_failed" if (error is not None or record.abandoned) else (
+                "closed" if self._state is not _OPEN else "lifetime")
+            if reason == "check_failed":
+                self._health_failed += 1
+            self._count_discards_locked(reason, 1)
+            connects = self._plan_connects_locked()
+            self._changed.notify_all()
+        if error is not None:
+            logger.warning("pool %r: idle client failed its health check: %s", self.name, _describe_error(error))
+            self._emit("check_failed", error=error)
+        self._start_connects(connects)
+        self._close_clients([record], reason)
+        return reason != "check_failed" and error is None
+
+    def _scheduled_health_pass(self) -> None:
+        """The periodic health pass (on a worker); a pass still running makes the next one wait its turn."""
+        with self._lock:
+            if self._state is not _OPEN or self._health_running:
+                return
+            self._health_running = True
+        try:
+            self.check()
+        finally:
+            with self._lock:
+                self._health_running = False
+            if self._health_check_interval is not None:
+                self._scheduler.call_later(self._health_check_interval, weak_task(self, "_scheduled_health_pass"))
 
     # -- maintenance -----------------------------------------------------------------------------------------------
 
@@ -705,7 +1034,7 @@ class Pool(Generic[T]):
             # Decide: which idle clients to retire. The stack's bottom holds the least recently used ones.
             retire: list[_Record] = []
             keep: list[_Record] = []
-            spare = len(self._idle) + len(self._leased) - self._min_size
+            spare = len(self._idle) + len(self._leased) + self._checking - self._min_size
             for record in self._idle:
                 if record.expires <= now:
                     retire.append(record)
@@ -728,7 +1057,7 @@ class Pool(Generic[T]):
                         leaks.append((record, held))
             connects = self._plan_connects_locked()
         self._start_connects(connects)
-        self._close_clients(retire)
+        self._close_clients(retire, "retired")
         for record, held in leaks:
             logger.warning(
                 "pool %r: a client has been leased for %.1fs (leak_threshold=%.3gs); possible leak, leased at:\n%s",
@@ -736,7 +1065,7 @@ class Pool(Generic[T]):
             )
         self._scheduler.call_later(self._maintenance_interval, weak_task(self, "_maintain"))
 
-    # -- resizing --------------------------------------------------------------------------------------------------
+    # -- resizing and reloading ------------------------------------------------------------------------------------
 
     def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
         """Change the bounds. Surplus idle clients are closed now, surplus leased ones when they come back."""
@@ -755,8 +1084,61 @@ class Pool(Generic[T]):
             self._count_discards_locked("resize", len(retire))
             connects = self._plan_connects_locked()
         logger.info("pool %r resized to min_size=%d max_size=%d", self.name, new_min, new_max)
-        self._close_clients(retire)
+        self._close_clients(retire, "resize")
         self._start_connects(connects)
+        self._emit("resize", min_size=new_min, max_size=new_max)
+
+    def reload(self) -> None:
+        """Replace every client gracefully, e.g. after a credential rotation.
+
+        Idle clients are closed now and new ones connected (to ``min_size``, and on demand); leased clients finish
+        their work and are replaced when they come back. Leases keep being served throughout.
+        """
+        with self._lock:
+            if self._state is not _OPEN:
+                raise PoolClosed(f"pool {self.name!r} is not open")
+            retire, self._idle = self._idle, []
+            for record in self._leased.values():
+                record.expires = -_INF  # discarded on return, as "reload"
+            self._count_discards_locked("reload", len(retire))
+            connects = self._plan_connects_locked()
+        logger.info("pool %r: reloading (%d idle client(s) replaced now, leased ones on return)", self.name,
+                    len(retire))
+        self._close_clients(retire, "reload")
+        self._start_connects(connects)
+        self._emit("reload")
+
+    # -- events ----------------------------------------------------------------------------------------------------
+
+    def add_listener(self, event: str, callback: Callable[..., object]) -> None:
+        """Call ``callback(pool, **info)`` whenever ``event`` happens; see :data:`EVENTS` for names and info.
+
+        Callbacks run outside the pool's lock, on whichever thread caused the event (a leasing thread, a worker):
+        they must be quick and must not block. An exception in a callback is logged and ignored. Listening to
+        "lease" or "return" adds a little to every lease.
+        """
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}; choose from {', '.join(EVENTS)}")
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        with self._lock:
+            self._listeners = {**self._listeners, event: [*self._listeners.get(event, []), callback]}
+            self._lease_listeners = bool(self._listeners.get("lease") or self._listeners.get("return"))
+
+    def remove_listener(self, event: str, callback: Callable[..., object]) -> None:
+        """Stop calling ``callback`` for ``event``; unknown pairs are ignored."""
+        with self._lock:
+            callbacks = [c for c in self._listeners.get(event, []) if c != callback]
+            self._listeners = {**self._listeners, event: callbacks}
+            self._lease_listeners = bool(self._listeners.get("lease") or self._listeners.get("return"))
+
+    def _emit(self, event: str, **info: Any) -> None:
+        # The dict is replaced, never mutated, so reading it without the lock is safe.
+        for callback in self._listeners.get(event, ()):
+            try:
+                callback(self, **info)
+            except Exception:
+                logger.exception("pool %r: %s listener failed", self.name, event)
 
     # -- statistics ------------------------------------------------------------------------------------------------
 
@@ -765,67 +1147,102 @@ class Pool(Generic[T]):
         self._waited_leases = 0
         self._lease_timeouts = 0
         self._too_many_waiters = 0
+        self._breaker_rejections = 0
         self._wait_seconds_total = 0.0
-        self._use_seconds_total = 0.0
         self._connect_seconds_total = 0.0
         self._created = 0
         self._connect_errors = 0
         self._leaks_detected = 0
+        self._health_ok = 0
+        self._health_failed = 0
         self._discards = dict.fromkeys(_REASONS, 0)
+        self._wait_hist = Histogram()
+        self._use_hist = Histogram()
+        self._connect_hist = Histogram()
+        self._use_times.clear()
+
+    def histograms(self) -> dict[str, Histogram]:
+        """Return copies of the ``wait_time``, ``use_time`` and ``connect_time`` histograms (seconds)."""
+        with self._lock:
+            self._flush_use_times_locked()
+            return {
+                "wait_time": self._wait_hist.copy(),
+                "use_time": self._use_hist.copy(),
+                "connect_time": self._connect_hist.copy(),
+            }
+
+    def _flush_use_times_locked(self) -> None:
+        if self._use_times:
+            self._use_hist.add_many(self._use_times)
+            self._use_times.clear()
 
     def stats(self) -> dict[str, Any]:
         """Return a snapshot of the pool's gauges and counters.
 
         Gauges (the state now):
             ``name``; ``state`` ("new", "open" or "closed"); ``size`` (clients that exist or are being created,
-            always ``idle + in_use + connecting``); ``idle`` (on the idle stack); ``in_use`` (leased out);
+            always ``idle + in_use + connecting``); ``idle`` (on the idle stack); ``in_use`` (out of the idle
+            stack: leased, or being health-checked); ``checking`` (of ``in_use``, how many are being checked);
             ``connecting`` (connect attempts under way or waiting out a reconnect backoff); ``waiting`` (callers
-            queued for a client); ``min_size``; ``max_size``.
+            queued for a client); ``min_size``; ``max_size``; ``breaker`` ("closed", "open" or "half_open").
 
         Counters (since creation or the last :meth:`pop_stats`):
             ``leases_total`` (successful leases); ``leases_waited`` (of those, how many had to queue);
             ``lease_timeouts`` (leases that raised :class:`PoolTimeout`); ``too_many_waiters`` (leases refused by
-            ``max_waiting``); ``wait_ms_total`` (milliseconds spent queued by leases that got a client);
-            ``use_ms_total`` (milliseconds clients spent leased, counted on return); ``connections_created``;
-            ``connections_discarded`` (closed by the pool for any reason); ``discards`` (the same by reason:
-            ``broken``, ``reset_failed``, ``lifetime``, ``idle``, ``check_failed``, ``resize``, ``closed``);
-            ``connect_errors`` (failed connect attempts); ``connect_ms_total`` (time spent in successful connects);
-            ``leaks_detected`` (leases reported by ``leak_threshold``).
+            ``max_waiting``); ``breaker_rejections`` (leases failed fast by the open breaker); ``wait_ms_total``
+            (milliseconds spent queued by leases that got a client); ``use_ms_total`` (milliseconds clients spent
+            leased, counted on return); ``connections_created``; ``connections_discarded`` (closed by the pool for
+            any reason); ``discards`` (the same by reason: ``broken``, ``reset_failed``, ``lifetime``, ``idle``,
+            ``check_failed``, ``resize``, ``reload``, ``closed``); ``connect_errors`` (failed connect attempts);
+            ``connect_ms_total`` (time spent in successful connects); ``leaks_detected`` (leases reported by
+            ``leak_threshold``); ``health_checks`` (``{"ok": n, "failed": n}``).
+
+        Histograms (seconds; each a dict with ``count``, ``sum``, ``min``, ``max``, ``mean``, ``p50``, ``p90``,
+        ``p99``): ``wait_time`` (queued leases only), ``use_time`` (every returned lease), ``connect_time``.
         """
         with self._lock:
             return self._stats_locked()
 
     def pop_stats(self) -> dict[str, Any]:
-        """Return :meth:`stats` and reset its counters to zero (gauges are not counters and stay)."""
+        """Return :meth:`stats` and reset its counters and histograms (gauges are not counters and stay)."""
         with self._lock:
             stats = self._stats_locked()
             self._reset_counters()
         return stats
 
     def _stats_locked(self) -> dict[str, Any]:
+        self._flush_use_times_locked()
         discards = dict(self._discards)
+        use = self._use_hist.snapshot()
         return {
             "name": self.name,
             "state": self._state,
             "size": self._size_locked(),
             "idle": len(self._idle),
-            "in_use": len(self._leased),
+            "in_use": len(self._leased) + self._checking,
+            "checking": self._checking,
             "connecting": self._connecting,
             "waiting": len(self._waiters),
             "min_size": self._min_size,
             "max_size": self._max_size,
+            "breaker": self._breaker,
             "leases_total": self._leases_total,
             "leases_waited": self._waited_leases,
             "lease_timeouts": self._lease_timeouts,
             "too_many_waiters": self._too_many_waiters,
+            "breaker_rejections": self._breaker_rejections,
             "wait_ms_total": self._wait_seconds_total * 1000.0,
-            "use_ms_total": self._use_seconds_total * 1000.0,
+            "use_ms_total": use["sum"] * 1000.0,
             "connections_created": self._created,
             "connections_discarded": sum(discards.values()),
             "discards": discards,
             "connect_errors": self._connect_errors,
             "connect_ms_total": self._connect_seconds_total * 1000.0,
             "leaks_detected": self._leaks_detected,
+            "health_checks": {"ok": self._health_ok, "failed": self._health_failed},
+            "wait_time": self._wait_hist.snapshot(),
+            "use_time": use,
+            "connect_time": self._connect_hist.snapshot(),
         }
 
     # -- fork safety -----------------------------------------------------------------------------------------------
@@ -843,7 +1260,14 @@ class Pool(Generic[T]):
         self._idle = []
         self._leased = {}
         self._waiters = deque()  # their threads do not exist in the child
-        self._connecting = 0
+        self._connecting = 0  # nor do the connects, retries and checks under way in the parent
+        self._checking = 0
+        self._retry_tokens = set()
+        self._health_running = False
+        self._breaker = "closed"
+        self._breaker_changes = deque()
+        self._connect_failures = 0
+        self._outage_since = None
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._closed_event = threading.Event()
@@ -857,8 +1281,7 @@ class Pool(Generic[T]):
             except Exception as error:  # never let one connector break the child's start
                 logger.warning("pool %r: after_fork failed: %s", self.name, _describe_error(error))
         if self._state == _OPEN:
-            self._scheduler.start()
-            self._scheduler.call_later(self._maintenance_interval, weak_task(self, "_maintain"))
+            self._start_threads()
             self._start_connects(self._plan_connects_locked())
 
 

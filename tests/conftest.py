@@ -11,7 +11,7 @@ import pytest
 
 from syncpool import pool as pool_module
 
-_POOL_THREAD = re.compile(r"^syncpool-.+-(scheduler|worker-\d+)$")
+_POOL_THREAD = re.compile(r"^syncpool-.+-(scheduler|worker-\d+|check)$")
 
 
 def _pool_threads() -> list[threading.Thread]:
