@@ -1,0 +1,151 @@
+"""An S3 endpoint for tests: moto's ``ThreadedMotoServer`` on 127.0.0.1 and a free port.
+
+moto keeps its state in memory, per process; every :class:`S3Server` in one process therefore shares buckets.
+Tests should use bucket names of their own (e.g. from ``tmp_path.name`` or a uuid).
+
+To run the same tests against a real endpoint, set ``SYNCPOOL_TEST_S3_ENDPOINT``; credentials and region then come
+from the standard ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_DEFAULT_REGION`` variables, and the
+pytest fixtures yield an :class:`ExternalS3` whose :meth:`~ExternalS3.stop` raises :class:`NotImplementedError`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from .external import NotSupportedExternally
+
+__all__ = ["ExternalS3", "S3Server"]
+
+
+def _mask(secret: str) -> str:
+    return "***" if secret else ""
+
+
+class S3Server:
+    """moto's S3 server running in a background thread of this process.
+
+    Args:
+        host: Address to listen on.
+        access_key: Fake access key id clients should use.
+        secret_key: Fake secret key clients should use.
+        region: Region clients should use.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        access_key: str = "testing",
+        secret_key: str = "testing",
+        region: str = "us-east-1",
+    ) -> None:
+        self.host = host
+        self.port = 0
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.region = region
+        self._server: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http://127.0.0.1:port``; only valid once started."""
+        return f"http://{self.host}:{self.port}"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Return keyword arguments for ``boto3.client("s3", **kwargs)`` pointing at this server."""
+        return {
+            "endpoint_url": self.endpoint_url,
+            "region_name": self.region,
+            "aws_access_key_id": self.access_key,
+            "aws_secret_access_key": self.secret_key,
+        }
+
+    def is_running(self) -> bool:
+        """Return True between :meth:`start` and :meth:`stop`."""
+        return self._server is not None
+
+    def start(self) -> S3Server:
+        """Start the server on a free port (or the previous port after a :meth:`stop`). Returns ``self``."""
+        from moto.server import ThreadedMotoServer
+
+        with self._lock:
+            if self._server is None:
+                server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+                server.start()
+                self.port = server.get_host_and_port()[1]
+                self._server = server
+        return self
+
+    def stop(self) -> None:
+        """Stop the server and join its thread. moto's in-memory state survives until the process ends."""
+        with self._lock:
+            server, self._server = self._server, None
+        if server is not None:
+            server.stop()
+
+    def close(self) -> None:
+        """Same as :meth:`stop`."""
+        self.stop()
+
+    def __enter__(self) -> S3Server:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return (
+            f"<S3Server {self.endpoint_url} region={self.region} access_key={self.access_key} "
+            f"secret_key={_mask(self.secret_key)}>"
+        )
+
+
+class ExternalS3:
+    """A real S3-compatible endpoint (``SYNCPOOL_TEST_S3_ENDPOINT``) with the attributes of :class:`S3Server`.
+
+    Credentials come from ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``AWS_DEFAULT_REGION`` (or
+    ``AWS_REGION``; defaults to ``us-east-1``).
+
+    Args:
+        endpoint_url: The endpoint, e.g. ``http://minio:9000``.
+    """
+
+    def __init__(self, endpoint_url: str) -> None:
+        from urllib.parse import urlsplit
+
+        self.endpoint_url = endpoint_url.rstrip("/")
+        parts = urlsplit(self.endpoint_url)
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.access_key = os.environ.get("AWS_ACCESS_KEY_ID", "")
+        self.secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        self.region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Return keyword arguments for ``boto3.client("s3", **kwargs)``."""
+        kwargs: dict[str, Any] = {"endpoint_url": self.endpoint_url, "region_name": self.region}
+        if self.access_key:
+            kwargs["aws_access_key_id"] = self.access_key
+            kwargs["aws_secret_access_key"] = self.secret_key
+        return kwargs
+
+    def is_running(self) -> bool:
+        """Always True: an external endpoint is assumed to be up."""
+        return True
+
+    def start(self) -> ExternalS3:
+        """Do nothing."""
+        return self
+
+    def stop(self) -> None:
+        """Raise :class:`NotImplementedError`: an external endpoint cannot be stopped by tests."""
+        raise NotSupportedExternally("cannot stop an external S3 endpoint (SYNCPOOL_TEST_S3_ENDPOINT is set)")
+
+    def close(self) -> None:
+        """Do nothing."""
+
+    def __repr__(self) -> str:
+        return f"<ExternalS3 {self.endpoint_url} region={self.region} secret_key={_mask(self.secret_key)}>"
