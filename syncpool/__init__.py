@@ -16,6 +16,7 @@ from .errors import (
     PoolUnavailable,
     TooManyWaiters,
 )
+from .monitoring import ClientStats, MonitoredClient, monitored
 from .pool import Lease, Pool
 from .retry import Backoff
 
@@ -25,13 +26,16 @@ __all__ = [
     "AuthError",
     "Backoff",
     "CallableConnector",
+    "ClientStats",
     "ConnectError",
     "Connector",
     "Lease",
+    "MonitoredClient",
     "Pool",
     "PoolClosed",
     "PoolError",
     "PoolTimeout",
     "PoolUnavailable",
     "TooManyWaiters",
+    "monitored",
 ]

@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 from .connector import Connector, as_connector
 from .errors import AuthError, PoolClosed, PoolError, PoolTimeout, PoolUnavailable, TooManyWaiters
 from .histogram import Histogram
+from .monitoring import ClientStats, MonitoredClient
 from .retry import Backoff
 from .scheduler import Scheduler, weak_task
 
@@ -61,10 +62,13 @@ _NEW, _OPEN, _CLOSED = "new", "open", "closed"
 class _Record:
     """One client owned by the pool and the facts the pool keeps about it."""
 
-    __slots__ = ("client", "created", "expires", "last_used", "leased_at", "lease_frames", "leak_reported", "abandoned")
+    __slots__ = (
+        "client", "raw", "created", "expires", "last_used", "leased_at", "lease_frames", "leak_reported", "abandoned"
+    )
 
-    def __init__(self, client: Any, created: float, expires: float) -> None:
-        self.client = client
+    def __init__(self, client: Any, raw: Any, created: float, expires: float) -> None:
+        self.client = client  # what callers get: the connector's client, or a MonitoredClient around it
+        self.raw = raw  # what the connector made, and is given back in every connector call
         self.created = created
         self.expires = expires  # jittered end of life (monotonic seconds)
         self.last_used = created  # when it last went back to the idle stack
@@ -171,6 +175,10 @@ class Pool(Generic[T]):
             disables the breaker. Defaults to 5.
         breaker_probe_interval: Shortest gap in seconds between probes started by leases while the breaker is
             open (background retries follow ``reconnect_backoff``). Defaults to 0.25.
+        monitor: Hand out every client wrapped in a :class:`~syncpool.MonitoredClient` that counts the calls made
+            on it (operations, errors, rates, latencies), aggregated over the pool's members in
+            :attr:`client_stats` and in ``stats()["clients"]``. A :class:`~syncpool.monitoring.ClientStats` may be
+            given to share one aggregate between pools or to choose its options. Defaults to False.
     """
 
     def __init__(
@@ -195,6 +203,7 @@ class Pool(Generic[T]):
         check_after_idle: float | None = None,
         breaker_threshold: int | None = 5,
         breaker_probe_interval: float = 0.25,
+        monitor: bool | ClientStats = False,
     ) -> None:
         self._connector: Connector[T] = as_connector(connector)
         # Skip the connector on returns when it keeps the base class's no-op hooks (e.g. a plain callable).
@@ -240,7 +249,17 @@ class Pool(Generic[T]):
             _check_int("breaker_threshold", breaker_threshold, minimum=1)
         self._breaker_probe_interval = _check_seconds("breaker_probe_interval", breaker_probe_interval, allow_zero=True)
 
+        if isinstance(monitor, ClientStats):
+            client_stats: ClientStats | None = monitor
+        elif isinstance(monitor, bool):
+            client_stats = ClientStats(name) if monitor else None
+        else:
+            raise TypeError(f"monitor must be a bool or a syncpool.monitoring.ClientStats, not {type(monitor).__name__}")
+
         self.name = name
+        #: Operation counts and latencies of the calls made on leased clients, aggregated over every member, when
+        #: the pool was created with ``monitor=True``; else None.
+        self.client_stats = client_stats
         self._reconnect_failed = reconnect_failed
         self._breaker_threshold = breaker_threshold
         self._min_size = min_size
@@ -500,7 +519,7 @@ class Pool(Generic[T]):
                 break
             # Idle long enough to deserve a check before use (check_after_idle): done here, unlocked.
             try:
-                self._connector.check(record.client)
+                self._connector.check(record.raw)
                 break
             except Exception as error:
                 logger.warning(
@@ -582,10 +601,10 @@ class Pool(Generic[T]):
         reason: str | None = None
         if self._returns_need_connector:
             try:
-                if self._is_broken(client):
+                if self._is_broken(record.raw):
                     reason = "broken"
                 else:
-                    self._reset(client)
+                    self._reset(record.raw)
             except Exception as error:
                 reason = reason or "reset_failed"
                 logger.warning(
@@ -785,7 +804,8 @@ class Pool(Generic[T]):
             self._connect_failed(error, monotonic() - started)
             return
         now = monotonic()
-        record = _Record(client, now, now + self._max_lifetime * (1.0 - random.uniform(0.0, 0.1)))
+        handed = client if self.client_stats is None else MonitoredClient(client, name=self.name, sink=self.client_stats)
+        record = _Record(handed, client, now, now + self._max_lifetime * (1.0 - random.uniform(0.0, 0.1)))
         with self._lock:
             recovered = self._breaker != "closed" or self._outage_since is not None
             self._connect_failures = 0
@@ -910,7 +930,7 @@ class Pool(Generic[T]):
     def _close_clients(self, records: list[_Record], reason: str) -> None:
         for record in records:
             try:
-                self._connector.close(record.client)
+                self._connector.close(record.raw)
             except Exception as error:
                 logger.warning("pool %r: error closing a client: %s", self.name, _describe_error(error))
             self._emit("discard", reason=reason)
@@ -953,7 +973,7 @@ class Pool(Generic[T]):
 
         def run() -> None:
             try:
-                self._connector.check(record.client)
+                self._connector.check(record.raw)
                 error: Exception | None = None
             except Exception as failure:
                 error = failure
@@ -1199,15 +1219,24 @@ class Pool(Generic[T]):
 
         Histograms (seconds; each a dict with ``count``, ``sum``, ``min``, ``max``, ``mean``, ``p50``, ``p90``,
         ``p99``): ``wait_time`` (queued leases only), ``use_time`` (every returned lease), ``connect_time``.
+
+        With ``monitor=True``, ``clients`` holds :meth:`ClientStats.stats` of the calls made on leased clients:
+        ``operations``, ``errors``, ``ops_per_sec``, ``error_rate``, latencies and the same per method.
         """
         with self._lock:
-            return self._stats_locked()
+            stats = self._stats_locked()
+        if self.client_stats is not None:
+            stats["clients"] = self.client_stats.stats()
+        return stats
 
     def pop_stats(self) -> dict[str, Any]:
         """Return :meth:`stats` and reset its counters and histograms (gauges are not counters and stay)."""
         with self._lock:
             stats = self._stats_locked()
             self._reset_counters()
+        if self.client_stats is not None:
+            stats["clients"] = self.client_stats.stats()
+            self.client_stats.reset()
         return stats
 
     def _stats_locked(self) -> dict[str, Any]:
@@ -1275,9 +1304,9 @@ class Pool(Generic[T]):
             self._closed_event.set()
         self._scheduler.after_fork_in_child()
         for record in inherited:
-            _fork_orphans.append(record.client)
+            _fork_orphans.append(record.raw)
             try:
-                self._connector.after_fork(record.client)
+                self._connector.after_fork(record.raw)
             except Exception as error:  # never let one connector break the child's start
                 logger.warning("pool %r: after_fork failed: %s", self.name, _describe_error(error))
         if self._state == _OPEN:
