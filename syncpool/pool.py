@@ -13,20 +13,25 @@ from collections import deque
 from collections.abc import Callable
 from time import monotonic
 from types import FrameType, TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .connector import Connector, as_connector
 from .errors import AuthError, PoolClosed, PoolError, PoolTimeout, PoolUnavailable, TooManyWaiters
 from .histogram import Histogram
 from .monitoring import ClientStats, MonitoredClient
-from .retry import Backoff
+from .retry import Backoff, RetryPolicy
+from .retry import run as retry_run
 from .scheduler import Scheduler, weak_task
+
+if TYPE_CHECKING:
+    import tenacity  # for annotations only: tenacity is used in retry.py alone
 
 __all__ = ["EVENTS", "Lease", "Pool"]
 
 logger = logging.getLogger("syncpool")
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _INF = math.inf
 _pool_counter = iter(range(1, sys.maxsize))
@@ -580,6 +585,35 @@ class Pool(Generic[T]):
         if record is not None:
             return record, 0.0
         return self._wait_for(waiter, timeout), monotonic() - waiter.since
+
+    def run(
+        self,
+        fn: Callable[..., R],
+        /,
+        *args: Any,
+        retry: RetryPolicy | tenacity.BaseRetrying | bool | None = None,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> R:
+        """Call ``fn(client, *args, **kwargs)`` under a lease, retrying transient failures on a fresh lease.
+
+        Args:
+            fn: The operation; it receives a leased client first.
+            retry: None (or True) for :class:`~syncpool.retry.RetryPolicy`'s defaults: up to 3 attempts when the
+                connector's :meth:`~syncpool.Connector.is_transient` says the error is transient (connection lost,
+                timeouts, throttling, 5xx...) or the breaker is open; a ``RetryPolicy`` of your own; a
+                ``tenacity.Retrying`` whose own rules then decide; or False for a single attempt.
+            deadline: Seconds all attempts together may take, lease waits and backoff sleeps included. Defaults
+                to the policy's (30 s for ``RetryPolicy``; none for a tenacity policy).
+
+        Returns:
+            What ``fn`` returned.
+
+        Raises:
+            The last attempt's error, unwrapped (a tenacity policy built with ``reraise=False`` raises
+            ``tenacity.RetryError`` instead). :class:`~syncpool.PoolClosed` if the pool closes during a backoff.
+        """
+        return retry_run(self, fn, args, kwargs, retry=retry, deadline=deadline)
 
     def putconn(self, client: T) -> None:
         """Return a client leased with :meth:`getconn`.
