@@ -1,0 +1,198 @@
+"""syncpool.Pool + S3Connector against moto's S3 server (``s3_server``), through a ``fault_proxy`` for outages."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+import syncpool
+from syncpool import Pool
+from syncpool.connectors import S3Connector
+
+from . import Load, Sampler, assert_no_secret, wait_until
+
+boto3 = pytest.importorskip("boto3")
+botocore_exceptions = pytest.importorskip("botocore.exceptions")
+
+pytestmark = pytest.mark.s3
+
+MAX_SIZE = 6
+
+
+@pytest.fixture
+def bucket(s3_server: Any) -> str:
+    name = f"it-{secrets.token_hex(6)}"
+    client = boto3.session.Session().client("s3", **s3_server.client_kwargs())
+    try:
+        client.create_bucket(Bucket=name)
+    finally:
+        client.close()
+    return name
+
+
+def _connector(s3_server: Any, bucket: str, endpoint: str | None = None, **overrides: Any) -> S3Connector:
+    kwargs = {**s3_server.client_kwargs(), **overrides}
+    if endpoint is not None:
+        kwargs["endpoint_url"] = endpoint
+    return S3Connector(bucket=bucket, **kwargs)
+
+
+def test_many_threads_put_and_get(s3_server: Any, bucket: str) -> None:
+    with Pool(
+        _connector(s3_server, bucket), min_size=1, max_size=MAX_SIZE, timeout=10.0, name="it-s3"
+    ) as pool:
+
+        def put_get(index: int) -> None:
+            key = f"k-{index}-{time.monotonic_ns()}"
+            with pool.connection() as client:
+                client.put_object(Bucket=bucket, Key=key, Body=key.encode())
+                assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == key.encode()
+
+        load = Load(put_get, threads=12)
+        with Sampler(lambda: pool.stats()["size"]) as sampler:
+            load.start()
+            wait_until(lambda: load.ok >= 120, timeout=30)
+            load.stop()
+        assert load.errors == []
+        assert max(sampler.seen) <= MAX_SIZE
+        assert pool.stats()["in_use"] == 0
+
+
+def test_client_returned_after_an_error_answer_is_kept(s3_server: Any, bucket: str) -> None:
+    with Pool(_connector(s3_server, bucket), min_size=1, max_size=1, name="it-s3-states") as pool:
+        with pytest.raises(botocore_exceptions.ClientError), pool.connection() as client:
+            client.get_object(Bucket=bucket, Key="missing")
+        with pool.connection() as again:
+            assert again is client
+            again.put_object(Bucket=bucket, Key="present", Body=b"x")
+        assert pool.stats()["connections_discarded"] == 0
+
+
+# What a caller may see while the endpoint is down: no client in time, or botocore's connection errors (after its
+# own retries) on a request in flight.
+ALLOWED = (
+    syncpool.PoolTimeout,
+    botocore_exceptions.ConnectionError,
+    botocore_exceptions.HTTPClientError,
+)
+
+
+@pytest.mark.slow
+@pytest.mark.managed_servers("s3")
+def test_endpoint_outage_under_load(s3_server: Any, bucket: str, fault_proxy: Any) -> None:
+    proxy = fault_proxy(s3_server.host, s3_server.port)
+    endpoint = f"http://{proxy.host}:{proxy.port}"
+    connector = _connector(s3_server, bucket, endpoint=endpoint)
+    pool = Pool(
+        connector,
+        min_size=2,
+        max_size=MAX_SIZE,
+        timeout=1.0,
+        name="it-s3-outage",
+        reconnect_backoff=syncpool.Backoff(initial=0.05, maximum=0.5),
+    )
+
+    def head(index: int) -> None:
+        with pool.connection() as client:
+            client.head_bucket(Bucket=bucket)
+
+    load = Load(head, threads=8)
+    try:
+        with Sampler(lambda: proxy.connections) as sampler:
+            load.start()
+            wait_until(lambda: load.ok >= 30, timeout=10)
+            proxy.refuse()
+            proxy.cut()
+            time.sleep(1.0)
+            proxy.pass_through()
+            back = time.monotonic()
+            recovery = wait_until(lambda: load.successes_since(back), timeout=15)
+            ok_after = load.ok
+            wait_until(lambda: load.ok >= ok_after + 30, timeout=10)
+            load.stop()
+        assert recovery < 5.0
+        assert load.unexpected(ALLOWED) == []
+        # Each pooled client holds at most one HTTP connection at a time (one thread uses it at once).
+        assert max(sampler.seen) <= MAX_SIZE
+        assert pool.stats()["in_use"] == 0
+    finally:
+        load.stop()
+        pool.close()
+
+
+# -- authentication and secrets ------------------------------------------------------------------------------------
+
+
+class _RefusingHandler(BaseHTTPRequestHandler):
+    """Answers every request as S3 does for an unknown access key."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def _refuse(self, body: bool) -> None:
+        payload = (
+            b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidAccessKeyId</Code>'
+            b"<Message>The AWS Access Key Id you provided does not exist in our records.</Message></Error>"
+        )
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(payload) if body else 0))
+        self.end_headers()
+        if body:
+            self.wfile.write(payload)
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self._refuse(body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802 - stdlib naming
+        self._refuse(body=False)
+
+
+@pytest.fixture
+def refusing_endpoint() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingHandler)
+    thread = threading.Thread(target=server.serve_forever, name="refusing-s3", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def test_refused_credentials_raise_auth_error_fast_and_leak_nothing(
+    s3_server: Any, refusing_endpoint: str, caplog: Any
+) -> None:
+    secret_key = f"SECRET{secrets.token_hex(12)}"
+    token = f"TOKEN{secrets.token_hex(12)}"
+    caplog.set_level(logging.DEBUG, logger="syncpool")
+    connector = S3Connector(
+        bucket="it-refused",
+        endpoint_url=refusing_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="AKIAEXAMPLE",
+        aws_secret_access_key=secret_key,
+        aws_session_token=token,
+    )
+    with Pool(connector, min_size=1, max_size=2, timeout=20.0, name="it-s3-auth") as pool:
+        started = time.monotonic()
+        with pytest.raises(syncpool.AuthError) as caught:
+            pool.getconn()
+        assert time.monotonic() - started < 5.0
+        assert_no_secret([secret_key, token], pool=pool, errors=[caught.value], records=caplog.records)
+
+
+def test_secret_key_is_masked_in_normal_use(s3_server: Any, bucket: str, caplog: Any) -> None:
+    secret_key = f"SECRET{secrets.token_hex(12)}"  # moto accepts any key
+    caplog.set_level(logging.DEBUG, logger="syncpool")
+    connector = _connector(s3_server, bucket, aws_secret_access_key=secret_key)
+    with Pool(connector, min_size=1, max_size=2, name="it-s3-masked") as pool:
+        with pytest.raises(botocore_exceptions.ClientError) as missing, pool.connection() as client:
+            client.get_object(Bucket=bucket, Key="missing")
+        assert_no_secret([secret_key], pool=pool, errors=[missing.value], records=caplog.records)
