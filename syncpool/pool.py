@@ -322,6 +322,26 @@ class Pool(Generic[T]):
         return self._timeout
 
     @property
+    def max_waiting(self) -> int:
+        """Most callers that may wait at once (0: no bound)."""
+        return self._max_waiting
+
+    @property
+    def max_lifetime(self) -> float:
+        """Seconds after which a client is replaced (before jitter)."""
+        return self._max_lifetime
+
+    @property
+    def max_idle(self) -> float:
+        """Seconds an idle client above ``min_size`` is kept."""
+        return self._max_idle
+
+    @property
+    def reconnect_timeout(self) -> float:
+        """Seconds of failing connects after which ``reconnect_failed`` is called."""
+        return self._reconnect_timeout
+
+    @property
     def connector(self) -> Connector[T]:
         """The connector that makes this pool's clients."""
         return self._connector

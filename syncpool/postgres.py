@@ -39,7 +39,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from syncpool import errors as _errors
-from syncpool.connectors.postgres import DEFAULT_CONNECT_TIMEOUT, PostgresConnector
+from syncpool.connectors.postgres import PostgresConnector
 from syncpool.pool import Pool
 
 try:  # psycopg_pool is optional: without it the exceptions derive from psycopg.OperationalError, as its own do.
@@ -123,52 +123,22 @@ class _CompatConnector(PostgresConnector):
         reset: ConnectionCB | None,
     ) -> None:
         static_kwargs = dict(kwargs) if kwargs is not None and not callable(kwargs) else {}
-        super().__init__(conninfo, configure=configure, **static_kwargs)
+        super().__init__(conninfo, configure=configure, connection_class=connection_class, **static_kwargs)
         self._kwargs_factory = kwargs if callable(kwargs) else None
-        self._connection_class = connection_class
         self._check_callback = check
         self._reset_callback = reset
 
-    def connect(self) -> psycopg.Connection[Any]:
-        """Connect with ``connection_class.connect(conninfo, **kwargs)``; otherwise as :meth:`PostgresConnector.connect`.
-
-        The connection gets a ``_pool`` attribute set to None, as psycopg_pool's do: psycopg then neither warns when
-        it is garbage collected open nor closes it at the end of a ``with conn:`` block while it is leased.
-        """
-        from psycopg.conninfo import conninfo_to_dict
-
-        from syncpool._secrets import redact, scrub_exception
-
-        conninfo, kwargs = self._resolve_arguments()
+    def _resolve_arguments(self) -> tuple[str, dict[str, Any]]:
+        """As :class:`PostgresConnector` does, plus psycopg_pool's ``kwargs`` when it is a callable."""
+        conninfo, kwargs = super()._resolve_arguments()
         if self._kwargs_factory is not None:
             kwargs = {**kwargs, **self._kwargs_factory()}
-        secrets = self._secrets_of(conninfo, kwargs)
-        try:
-            params = conninfo_to_dict(conninfo)
-        except psycopg.Error as error:
-            raise scrub_exception(error, secrets) from None
-        if "connect_timeout" not in params and "connect_timeout" not in kwargs:
-            kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
-        try:
-            conn = self._connection_class.connect(conninfo, **kwargs)
-        except psycopg.Error as error:
-            if self.is_auth_error(error):
-                where = self._where(error, params, kwargs)
-                message = redact(str(error), secrets)
-                scrub_exception(error, secrets)
-                raise _errors.AuthError(
-                    f"PostgreSQL refused the credentials of {where}: {message}"
-                ) from error
-            raise scrub_exception(error, secrets) from None
+        return conninfo, kwargs
+
+    def _connected(self, conn: psycopg.Connection[Any]) -> None:
+        """Mark the connection as pooled (``_pool``), as psycopg_pool does: psycopg then neither warns when it is
+        garbage collected open nor closes it at the end of a ``with conn:`` block while it is leased."""
         conn._pool = None
-        try:
-            self._run_configure(conn)
-        except BaseException as error:
-            conn.close()
-            if isinstance(error, Exception):
-                scrub_exception(error, secrets)
-            raise
-        return conn
 
     def check(self, client: psycopg.Connection[Any]) -> None:
         """Run the pool's ``check`` callback if it has one, else ``SELECT 1`` bounded by ``check_timeout``."""
@@ -327,26 +297,6 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
         return self._connection_class
 
     @property
-    def max_waiting(self) -> int:
-        """Most requests that may wait at once (0: no bound)."""
-        return self._max_waiting
-
-    @property
-    def max_lifetime(self) -> float:
-        """Seconds after which a connection is replaced."""
-        return self._max_lifetime
-
-    @property
-    def max_idle(self) -> float:
-        """Seconds an idle connection above ``min_size`` is kept."""
-        return self._max_idle
-
-    @property
-    def reconnect_timeout(self) -> float:
-        """Seconds of failing connects after which ``reconnect_failed`` is called."""
-        return self._reconnect_timeout
-
-    @property
     def num_workers(self) -> int:
         """Background worker threads."""
         return self._num_workers
@@ -496,7 +446,7 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
         """Return psycopg_pool's statistics (see the migration guide for how each is counted)."""
         return _psycopg_stats(self.stats())
 
-    def pop_stats(self) -> dict[str, int]:  # type: ignore[override]
+    def pop_stats(self) -> dict[str, int]:
         """Return :meth:`get_stats` and reset its counters (the ``pool_*`` and ``requests_waiting`` gauges stay)."""
         return _psycopg_stats(super().pop_stats())
 

@@ -73,6 +73,8 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             Defaults to 5.
         retry_serialization: Whether :meth:`is_transient` counts serialization failures (40001) and deadlocks
             (40P01) as transient, i.e. whether a retried unit of work is a whole transaction. Defaults to False.
+        connection_class: A ``psycopg.Connection`` subclass whose ``connect()`` makes the connections. Defaults to
+            ``psycopg.Connection``.
         connect_kwargs: Passed to ``psycopg.connect``. libpq parameters (``password``, ``host``...) may be
             zero-argument callables, resolved at every connect; psycopg's own options (``autocommit``,
             ``row_factory``, ``prepare_threshold``...) are passed as they are. ``connect_timeout`` defaults to 10
@@ -90,6 +92,7 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         configure: Callable[[psycopg.Connection[Any]], Any] | None = None,
         check_timeout: float = 5.0,
         retry_serialization: bool = False,
+        connection_class: type[psycopg.Connection[Any]] | None = None,
         **connect_kwargs: Any,
     ) -> None:
         if not (isinstance(conninfo, str) or callable(conninfo)):
@@ -105,6 +108,7 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         self.check_timeout = check_timeout
         self.retry_serialization = retry_serialization
         self._connect_kwargs = connect_kwargs
+        self._connection_class = connection_class
         self.description = self._describe()
 
     def _describe(self) -> str:
@@ -154,8 +158,9 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             raise scrub_exception(error, secrets) from None
         if "connect_timeout" not in params and "connect_timeout" not in kwargs:
             kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+        connect = psycopg.connect if self._connection_class is None else self._connection_class.connect
         try:
-            conn = psycopg.connect(conninfo, **kwargs)
+            conn = connect(conninfo, **kwargs)
         except psycopg.Error as error:
             if self.is_auth_error(error):
                 where = self._where(error, params, kwargs)
@@ -164,6 +169,7 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
                 raise AuthError(f"PostgreSQL refused the credentials of {where}: {message}") from error
             raise scrub_exception(error, secrets) from None
         try:
+            self._connected(conn)
             self._run_configure(conn)
         except BaseException as error:
             conn.close()
@@ -171,6 +177,9 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
                 scrub_exception(error, secrets)
             raise
         return conn
+
+    def _connected(self, conn: psycopg.Connection[Any]) -> None:
+        """Called with each new connection before ``configure``; a hook for subclasses (does nothing here)."""
 
     @staticmethod
     def _where(error: BaseException, params: Mapping[str, Any], kwargs: Mapping[str, Any]) -> str:
