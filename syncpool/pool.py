@@ -507,6 +507,7 @@ class Pool(Generic[T]):
             timeout = self._timeout
         elif timeout.__class__ is not float or not 0.0 <= timeout < _INF:
             timeout = _check_seconds("timeout", timeout, allow_zero=True)
+        served = False
         with self._lock:
             idle = self._idle
             if idle and not self._waiters:
@@ -521,13 +522,10 @@ class Pool(Generic[T]):
                     if self._leak_threshold is None and not self._lease_listeners:
                         return record.client  # type: ignore[no-any-return]
                     record.leak_reported = False
-                    record.lease_frames = _capture_frames(sys._getframe(1))
-                    lease_frames = True
-                else:
-                    lease_frames = False
-            else:
-                lease_frames = False
-        if lease_frames:  # the fast path, with leak tracking or listeners
+                    served = True
+        if served:  # the fast path, with leak tracking or listeners
+            if self._leak_threshold is not None:
+                record.lease_frames = _capture_frames(sys._getframe(1))
             self._emit("lease", wait=0.0)
             return record.client  # type: ignore[no-any-return]
         record = self._getconn_slow(timeout)
@@ -720,24 +718,21 @@ class Pool(Generic[T]):
         try:
             woken = waiter.wakeup.acquire(True, timeout) if timeout > 0 else False
             if not woken:
+                timed_out: PoolTimeout | None = None
                 with self._lock:
                     # Decide: a client handed over since the timeout fired is ours; otherwise leave the queue.
                     if waiter.record is None and waiter.error is None:
                         self._waiters.remove(waiter)
                         self._lease_timeouts += 1
                         waited = monotonic() - waiter.since
-                        message = (
+                        timed_out = PoolTimeout(
                             f"pool {self.name!r}: no client available after waiting {waited:.3f}s "
                             f"(timeout={timeout:.3g}s; {self._describe_locked()})"
                         )
-                        cause = self._last_connect_error
-                        error: BaseException = PoolTimeout(message)
-                        error.__cause__ = cause
-                    else:
-                        error = None  # type: ignore[assignment]
-                if error is not None:
+                        timed_out.__cause__ = self._last_connect_error
+                if timed_out is not None:
                     self._emit("timeout", waited=waited)
-                    raise error
+                    raise timed_out
         except BaseException:
             # KeyboardInterrupt or SystemExit while waiting, or the timeout above: leak nothing.
             self._abandon(waiter)
