@@ -291,6 +291,7 @@ class Pool(Generic[T]):
         self._health_running = False
         self._listeners: dict[str, list[Callable[..., object]]] = {}
         self._lease_listeners = False  # any "lease" or "return" listener: the hot path checks only this flag
+        self._shrunk = False  # resize() left more clients than max_size: returns check the bound until it fits
         self._use_times: list[float] = []  # lease durations not yet folded into the use_time histogram
         self._breaker_changes: deque[str] = deque()  # breaker states to log and emit once outside the lock
         self._closed_event = threading.Event()
@@ -503,10 +504,6 @@ class Pool(Generic[T]):
             AuthError: The backend refused the credentials while this caller waited.
             PoolClosed: The pool is closed, or was closed while waiting.
         """
-        if timeout is None:
-            timeout = self._timeout
-        elif timeout.__class__ is not float or not 0.0 <= timeout < _INF:
-            timeout = _check_seconds("timeout", timeout, allow_zero=True)
         served = False
         with self._lock:
             idle = self._idle
@@ -528,6 +525,10 @@ class Pool(Generic[T]):
                 record.lease_frames = _capture_frames(sys._getframe(1))
             self._emit("lease", wait=0.0)
             return record.client  # type: ignore[no-any-return]
+        if timeout is None:
+            timeout = self._timeout
+        elif timeout.__class__ is not float or not 0.0 <= timeout < _INF:
+            timeout = _check_seconds("timeout", timeout, allow_zero=True)
         record = self._getconn_slow(timeout)
         if self._leak_threshold is not None:
             record.lease_frames = _capture_frames(sys._getframe(1))
@@ -642,9 +643,10 @@ class Pool(Generic[T]):
         Raises:
             PoolError: ``client`` is not leased from this pool (returned twice, or leased from another pool).
         """
-        record = self._leased.get(id(client))
+        key = id(client)
+        record = self._leased.get(key)
         if record is None or record.client is not client:
-            if self._orphans.pop(id(client), None) is not None:
+            if self._orphans.pop(key, None) is not None:
                 return  # leased in the parent before a fork: not ours to reuse or close
             raise PoolError(
                 f"pool {self.name!r}: cannot return a {type(client).__name__} that is not leased from this pool "
@@ -664,7 +666,7 @@ class Pool(Generic[T]):
                 )
         now = monotonic()
         with self._lock:
-            if self._leased.pop(id(client), None) is None:
+            if self._leased.pop(key, None) is None:
                 raise PoolError(f"pool {self.name!r}: client returned twice (by two threads at once)")
             use_times = self._use_times
             use_times.append(now - record.leased_at)
@@ -675,15 +677,17 @@ class Pool(Generic[T]):
                 reason is None
                 and self._state is _OPEN
                 and record.expires > now
-                # The returned client no longer counts in _leased, hence "<" (false only after a shrink).
-                and len(self._idle) + len(self._leased) + self._connecting + self._checking < self._max_size
+                # After a shrink, keep it only if the pool is back under max_size (it no longer counts in _leased).
+                and (not self._shrunk or self._size_locked() < self._max_size)
             ):
                 # Decide: it goes to the oldest waiter, else on top of the idle stack.
                 record.last_used = now
-                self._hand_over_locked(record, now)
+                if self._waiters:
+                    self._hand_over_locked(record, now)
+                else:
+                    self._idle.append(record)
                 if not self._lease_listeners:
                     return
-                reason = None
             else:
                 if reason is None:
                     if self._state is not _OPEN:
@@ -1049,15 +1053,20 @@ class Pool(Generic[T]):
         with self._lock:
             self._checking -= 1
             # Decide: back to the pool (as its least recently used client), or discard and replace it.
-            if error is None and not record.abandoned and self._state is _OPEN and record.expires > now:
+            fits = not self._shrunk or self._size_locked() < self._max_size  # it no longer counts in _checking
+            if error is None and not record.abandoned and self._state is _OPEN and record.expires > now and fits:
                 self._health_ok += 1
                 if self._waiters:
                     self._hand_over_locked(record, now)
                 else:
                     self._idle.insert(0, record)
                 return True
-            reason = "check_failed" if (error is not None or record.abandoned) else (
-                "closed" if self._state is not _OPEN else "lifetime")
+            if error is not None or record.abandoned:
+                reason = "check_failed"
+            elif self._state is not _OPEN:
+                reason = "closed"
+            else:
+                reason = "lifetime" if record.expires <= now else "resize"
             if reason == "check_failed":
                 self._health_failed += 1
             self._count_discards_locked(reason, 1)
@@ -1124,6 +1133,8 @@ class Pool(Generic[T]):
                         record.leak_reported = True
                         self._leaks_detected += 1
                         leaks.append((record, held))
+            if self._shrunk and self._size_locked() <= self._max_size:
+                self._shrunk = False
             connects = self._plan_connects_locked()
         self._start_connects(connects)
         self._close_clients(retire, "retired")
@@ -1146,6 +1157,7 @@ class Pool(Generic[T]):
             raise ValueError(f"min_size ({new_min}) must not be greater than max_size ({new_max})")
         with self._lock:
             self._min_size, self._max_size = new_min, new_max
+            self._shrunk = self._size_locked() > new_max  # returns must then check the bound
             # Decide: which idle clients no longer fit (the least recently used go first).
             surplus = max(0, self._size_locked() - new_max)
             retire = self._idle[:surplus]
