@@ -139,3 +139,70 @@ def test_pool_run_retries_a_connection_lost_mid_operation(postgres_server: Any) 
         time.sleep(0.05)
         assert pool.run(select_one) == 1  # the first attempt meets the dead backend; the second a new one
         assert pool.stats()["discards"]["broken"] == 1
+
+
+def proxied_connector(postgres_server: Any, proxy: Any, **kwargs: Any) -> PostgresConnector:
+    return PostgresConnector(host=proxy.host, port=proxy.port, user=postgres_server.user,
+                             password=postgres_server.password, dbname=postgres_server.dbname, **kwargs)
+
+
+@pytest.mark.slow
+def test_every_connection_cut_under_load(postgres_server: Any, fault_proxy: Any) -> None:
+    require_managed(postgres_server)
+    proxy = fault_proxy(postgres_server.host, postgres_server.port)
+    unexpected: list[BaseException] = []
+    failures = [0]
+    successes_after_cut = [0]
+    cut_done = threading.Event()
+    stop = threading.Event()
+    with Pool(proxied_connector(postgres_server, proxy), min_size=4, max_size=4, timeout=2.0,
+              health_check_interval=None, name="cut") as pool:
+        pool.wait(10)
+
+        def work() -> None:
+            while not stop.is_set():
+                try:
+                    with pool.connection() as conn:
+                        select_one(conn)
+                    if cut_done.is_set():
+                        successes_after_cut[0] += 1
+                except psycopg.OperationalError:
+                    failures[0] += 1
+                except BaseException as error:  # pragma: no cover - reported below
+                    unexpected.append(error)
+                    return
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        proxy.cut()
+        cut_done.set()
+        try:
+            wait_until(lambda: successes_after_cut[0] >= 50, timeout=5)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        stats = pool.stats()
+    assert not unexpected, unexpected
+    assert failures[0] <= 4, "each cut connection should fail at most one user, then be discarded"
+    assert stats["discards"]["broken"] == failures[0]
+
+
+@pytest.mark.slow
+def test_blackholed_server_costs_a_lease_its_timeout_and_no_more(postgres_server: Any, fault_proxy: Any) -> None:
+    require_managed(postgres_server)
+    proxy = fault_proxy(postgres_server.host, postgres_server.port)
+    proxy.blackhole()
+    pool = Pool(proxied_connector(postgres_server, proxy, connect_timeout=30), max_size=2, name="blackhole")
+    try:
+        start = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            pool.getconn(timeout=0.3)
+        assert time.monotonic() - start < 0.45  # the hanging connect is not the caller's problem
+    finally:
+        start = time.monotonic()
+        pool.close(timeout=0.5)
+        assert time.monotonic() - start < 1.0  # nor close()'s
+    proxy.pass_through()
