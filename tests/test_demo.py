@@ -1,0 +1,129 @@
+"""``python -m syncpool demo``: the batch job on embedded defaults, and its command line."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncpool.demo import DemoConfig, DemoError, format_client_stats, format_pool_stats, run_demo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "syncpool", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
+    )
+
+
+def _no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_help() -> None:
+    result = _run("--help")
+    assert result.returncode == 0 and "demo" in result.stdout
+    result = _run("demo", "--help")
+    assert result.returncode == 0
+    for option in ("--records", "--workers", "--pool-size", "--postgres", "--s3-endpoint", "--elasticsearch"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--records", "-5"], "--records"),
+        (["--workers", "abc"], "--workers"),
+        (["--pool-size", "0"], "--pool-size"),
+        (["--s3-endpoint", "localhost:9000"], "--s3-endpoint"),
+        (["--postgres", "host=db password=secret 'oops"], "--postgres"),
+        (["--no-such-option"], "no-such-option"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_status_2(args: list[str], fragment: str) -> None:
+    result = _run("demo", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and fragment in lines[0], result.stderr
+    assert "secret" not in result.stderr + result.stdout
+    _no_traceback(result)
+
+
+def test_no_command_is_an_error() -> None:
+    result = _run()
+    assert result.returncode == 2
+    _no_traceback(result)
+
+
+def test_unreachable_postgres_fails_fast_in_one_line() -> None:
+    started = time.monotonic()
+    result = _run("demo", "--postgres", "host=127.0.0.1 port=1 user=x password=secret dbname=x", timeout=30)
+    assert time.monotonic() - started < 15
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert errors == ["error: cannot reach PostgreSQL at 127.0.0.1:1: connection refused"], result.stderr
+    assert "secret" not in result.stdout + result.stderr
+    _no_traceback(result)
+
+
+def test_unreachable_elasticsearch_fails_fast_in_one_line() -> None:
+    result = _run("demo", "--elasticsearch", "http://user:hunter2@127.0.0.1:1", timeout=60)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and errors[0].startswith("error: cannot reach Elasticsearch at http://"), result.stderr
+    assert errors[0].endswith("127.0.0.1:1: connection refused"), result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    _no_traceback(result)
+
+
+def test_a_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name == "moto" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(DemoError, match=r'needs moto: pip install "syncpool\[demo\]"'):
+        run_demo(DemoConfig(records=1))
+    run_demo_config = DemoConfig(s3_endpoint="http://127.0.0.1:1", postgres="host=x")  # moto not needed then
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    with pytest.raises(DemoError, match="psycopg, boto3, elasticsearch:"):
+        run_demo(run_demo_config)
+
+
+@pytest.mark.slow
+def test_the_demo_loads_everything_and_prints_the_tables() -> None:
+    result = _run("demo", "--records", "200", "--workers", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "Pool stats" in out and "Client stats" in out
+    for line in ("postgres rows", "s3 objects", "elasticsearch docs"):
+        assert any(row.startswith(line) and row.split()[-3:] == ["200", "200", "yes"] for row in out.splitlines())
+    for pool in ("postgres", "s3", "elasticsearch"):
+        assert any(row.split()[:1] == [pool] for row in out.splitlines())
+    assert "put_object" in out and "execute" in out and "index" in out
+    _no_traceback(result)
+
+
+def test_tables_format_stats() -> None:
+    pool_stats = {
+        "name": "pg", "size": 2, "idle": 1, "in_use": 1, "max_size": 4, "leases_total": 10, "leases_waited": 2,
+        "wait_time": {"count": 2, "p50": 0.001, "p99": 0.002}, "connections_discarded": 0, "connect_errors": 1,
+    }
+    table = format_pool_stats([pool_stats]).splitlines()
+    assert table[0].split()[:3] == ["pool", "size", "idle"]
+    assert table[2].split() == ["pg", "2", "1", "1", "4", "10", "2", "1.00", "2.00", "0", "1"]
+    latency = {"count": 3, "p50": 0.0005, "p99": 0.004}
+    method = {"operations": 3, "errors": 1, "ops_per_sec": 1.5, "latency": latency}
+    client_stats = {"name": "pg", **method, "methods": {"execute": method}}
+    rows = format_client_stats([client_stats, {}]).splitlines()
+    assert rows[2].split() == ["pg", "(all)", "3", "1", "1.5", "0.50", "4.00"]
+    assert rows[3].split()[1] == "execute"
