@@ -6,7 +6,8 @@ by the connectors that use them.
 
 from __future__ import annotations
 
-from .connector import CallableConnector, Connector
+from .batch import BatchResult
+from .connector import CallableConnector, Connector, current_member_index
 from .errors import (
     AuthError,
     ConnectError,
@@ -18,13 +19,14 @@ from .errors import (
 )
 from .monitoring import ClientStats, MonitoredClient, monitored
 from .pool import Lease, Pool
-from .retry import Backoff
+from .retry import Backoff, RetryPolicy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AuthError",
     "Backoff",
+    "BatchResult",
     "CallableConnector",
     "ClientStats",
     "ConnectError",
@@ -36,6 +38,8 @@ __all__ = [
     "PoolError",
     "PoolTimeout",
     "PoolUnavailable",
+    "RetryPolicy",
     "TooManyWaiters",
+    "current_member_index",
     "monitored",
 ]

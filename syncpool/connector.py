@@ -9,11 +9,25 @@ are paid on every return and should be cheap.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
-__all__ = ["CallableConnector", "Connector", "as_connector"]
+__all__ = ["CallableConnector", "Connector", "as_connector", "current_member_index"]
 
 T = TypeVar("T")
+
+_member_index: ContextVar[int | None] = ContextVar("syncpool_member_index", default=None)
+
+
+def current_member_index() -> int | None:
+    """Inside :meth:`Connector.connect`, the index of the pool member being created; None anywhere else.
+
+    Indexes are small integers, unique among a pool's live members and reused when a member is replaced, so they
+    stay below ``max_size``: handy to give each connection its own name, e.g.
+    ``PostgresConnector(dsn, application_name=lambda: f"jobs-{current_member_index()}")`` (callable keyword
+    arguments are resolved at every connect).
+    """
+    return _member_index.get()
 
 
 class Connector(Generic[T]):

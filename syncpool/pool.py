@@ -10,12 +10,13 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from time import monotonic
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .connector import Connector, as_connector
+from .connector import Connector, _member_index, as_connector
 from .errors import AuthError, PoolClosed, PoolError, PoolTimeout, PoolUnavailable, TooManyWaiters
 from .histogram import Histogram
 from .monitoring import ClientStats, MonitoredClient
@@ -25,6 +26,8 @@ from .scheduler import Scheduler, weak_task
 
 if TYPE_CHECKING:
     import tenacity  # for annotations only: tenacity is used in retry.py alone
+
+    from .batch import BatchResult
 
 __all__ = ["EVENTS", "Lease", "Pool"]
 
@@ -68,10 +71,12 @@ class _Record:
     """One client owned by the pool and the facts the pool keeps about it."""
 
     __slots__ = (
-        "client", "raw", "created", "expires", "last_used", "leased_at", "lease_frames", "leak_reported", "abandoned"
+        "client", "raw", "index", "created", "expires", "last_used", "leased_at", "lease_frames", "leak_reported",
+        "abandoned",
     )
 
-    def __init__(self, client: Any, raw: Any, created: float, expires: float) -> None:
+    def __init__(self, client: Any, raw: Any, index: int, created: float, expires: float) -> None:
+        self.index = index  # the member index (see current_member_index), free again once it is closed
         self.client = client  # what callers get: the connector's client, or a MonitoredClient around it
         self.raw = raw  # what the connector made, and is given back in every connector call
         self.created = created
@@ -296,6 +301,7 @@ class Pool(Generic[T]):
         self._lease_listeners = False  # any "lease" or "return" listener: the hot path checks only this flag
         self._plain_leases = self._leak_threshold is None  # and no lease listeners: the fast path has nothing to add
         self._shrunk = False  # resize() left more clients than max_size: returns check the bound until it fits
+        self._indexes: set[int] = set()  # member indexes in use, by live clients and connects under way
         self._use_times: list[float] = []  # lease durations not yet folded into the use_time histogram
         self._breaker_changes: deque[str] = deque()  # breaker states to log and emit once outside the lock
         self._closed_event = threading.Event()
@@ -642,10 +648,46 @@ class Pool(Generic[T]):
             What ``fn`` returned.
 
         Raises:
-            The last attempt's error, unwrapped (a tenacity policy built with ``reraise=False`` raises
-            ``tenacity.RetryError`` instead). :class:`~syncpool.PoolClosed` if the pool closes during a backoff.
+            Exception: The last attempt's error, unwrapped (a tenacity policy built with ``reraise=False`` raises
+                ``tenacity.RetryError`` instead).
+            PoolClosed: The pool closed during a backoff.
         """
         return retry_run(self, fn, args, kwargs, retry=retry, deadline=deadline)
+
+    def map(
+        self,
+        fn: Callable[[T, Any], R],
+        items: Iterable[Any],
+        /,
+        *,
+        workers: int | None = None,
+        ordered: bool = True,
+        retry: RetryPolicy | tenacity.BaseRetrying | bool | None = None,
+        on_error: str = "continue",
+        progress: bool | Callable[[int, int | None], object] | None = None,
+        timeout: float | None = None,
+    ) -> BatchResult[R]:
+        """Run ``fn(client, item)`` for every item on worker threads that lease from this pool.
+
+        See :func:`syncpool.batch.map_pool` for every argument; in short: at most ``max_size`` workers, work in
+        flight bounded (a generator is never read ahead by more than twice the workers), failures collected
+        without losing the successes (``on_error="cancel"`` stops at the first), a progress bar on a terminal.
+        Unlike :meth:`run`, ``retry=None`` makes one attempt per item, since ``fn`` may not be idempotent (an
+        insert); pass ``retry=True`` for :meth:`run`'s default policy.
+        """
+        from .batch import map_pool
+
+        return map_pool(self, fn, items, workers=workers, ordered=ordered, retry=retry, on_error=on_error,
+                        progress=progress, timeout=timeout)
+
+    def transaction(self, timeout: float | None = None) -> AbstractContextManager[T]:
+        """Lease a client and run the ``with`` block in a transaction: committed on success, rolled back on error.
+
+        For clients with transactions (psycopg, sqlite3); see :func:`syncpool.transactions.transaction`.
+        """
+        from .transactions import transaction
+
+        return transaction(self, timeout)
 
     def putconn(self, client: T) -> None:
         """Return a client leased with :meth:`getconn`.
@@ -866,16 +908,22 @@ class Pool(Generic[T]):
                 return
             if self._breaker == "open":
                 self._set_breaker_locked("half_open")  # this retry is the probe
+            index = self._take_index_locked()
         self._flush_breaker_events()
         started = monotonic()
+        context = _member_index.set(index)
         try:
             client = self._connector.connect()
         except Exception as error:
+            with self._lock:
+                self._indexes.discard(index)
             self._connect_failed(error, monotonic() - started)
             return
+        finally:
+            _member_index.reset(context)
         now = monotonic()
         handed = client if self.client_stats is None else MonitoredClient(client, name=self.name, sink=self.client_stats)
-        record = _Record(handed, client, now, now + self._max_lifetime * (1.0 - random.uniform(0.0, 0.1)))
+        record = _Record(handed, client, index, now, now + self._max_lifetime * (1.0 - random.uniform(0.0, 0.1)))
         with self._lock:
             recovered = self._breaker != "closed" or self._outage_since is not None
             self._connect_failures = 0
@@ -997,7 +1045,18 @@ class Pool(Generic[T]):
             wrapped.__cause__ = error
         return wrapped
 
+    def _take_index_locked(self) -> int:
+        """Return the smallest member index not in use, and mark it used."""
+        index = 0
+        while index in self._indexes:
+            index += 1
+        self._indexes.add(index)
+        return index
+
     def _close_clients(self, records: list[_Record], reason: str) -> None:
+        if records:
+            with self._lock:
+                self._indexes.difference_update(record.index for record in records)
         for record in records:
             try:
                 self._connector.close(record.raw)
@@ -1371,6 +1430,7 @@ class Pool(Generic[T]):
         self._waiters = deque()  # their threads do not exist in the child
         self._connecting = 0  # nor do the connects, retries and checks under way in the parent
         self._checking = 0
+        self._indexes = set()
         self._retry_tokens = set()
         self._health_running = False
         self._breaker = "closed"

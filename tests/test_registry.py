@@ -237,11 +237,11 @@ def test_atexit_closes_registered_pools() -> None:
     assert "pool 'jobs' closed" in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="needs core member index")
 def test_connector_sees_the_member_index() -> None:
-    """Each member gets a stable index in [0, max_size), reused after a discard (see the lead's core change)."""
-    from syncpool.connector import current_member_index  # type: ignore[attr-defined]
+    """Each member gets an index in [0, max_size), reused after a discard; None outside connect()."""
+    from syncpool.connector import current_member_index
 
+    assert current_member_index() is None
     pool = registry.get_pool("indexed", lambda: {"index": current_member_index()}, min_size=3, max_size=3)
     pool.wait(5)
     leased = [pool.getconn() for _ in range(3)]
@@ -249,4 +249,12 @@ def test_connector_sees_the_member_index() -> None:
         assert sorted(client["index"] for client in leased) == [0, 1, 2]
     finally:
         for client in leased:
+            pool.putconn(client)
+    pool.reload()  # every member replaced: the new ones take the freed indexes
+    replaced = [pool.getconn(timeout=5) for _ in range(3)]
+    try:
+        assert sorted(client["index"] for client in replaced) == [0, 1, 2]
+        assert not {id(client) for client in replaced} & {id(client) for client in leased}
+    finally:
+        for client in replaced:
             pool.putconn(client)

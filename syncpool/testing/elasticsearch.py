@@ -167,6 +167,9 @@ def _matches(source: Any, query: dict[str, Any] | None) -> bool:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the second waits for the client's delayed ACK and
+    # every request took about 44 ms on loopback instead of under 1 ms.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
