@@ -303,6 +303,7 @@ class Pool(Generic[T]):
         self._shrunk = False  # resize() left more clients than max_size: returns check the bound until it fits
         self._indexes: set[int] = set()  # member indexes in use, by live clients and connects under way
         self._use_times: list[float] = []  # lease durations not yet folded into the use_time histogram
+        self._wait_times: list[float] = []  # queued lease waits not yet folded into the wait_time histogram
         self._breaker_changes: deque[str] = deque()  # breaker states to log and emit once outside the lock
         self._closed_event = threading.Event()
         self._orphans: dict[int, Any] = {}  # clients leased in the parent before a fork (only in a child)
@@ -570,7 +571,8 @@ class Pool(Generic[T]):
                 )
                 self._emit("check_failed", error=error)
                 self._discard_leased(record, "check_failed")
-        self._emit("lease", wait=waited)
+        if self._lease_listeners:
+            self._emit("lease", wait=waited)
         return record
 
     def _take_or_wait(self, timeout: float) -> tuple[_Record, float]:
@@ -614,12 +616,16 @@ class Pool(Generic[T]):
                         self._connecting += 1
                 waiter = _Waiter(monotonic())
                 self._waiters.append(waiter)
-            self._count_discards_locked("lifetime", len(expired))
-            connects = self._plan_connects_locked()
+            if expired:
+                self._count_discards_locked("lifetime", len(expired))
+            # Growth is needed only if we queue, or replace expired clients; never while a connect is under way.
+            connects = self._plan_connects_locked() if (expired or record is None) else 0
         if probe:
             self._scheduler.submit(weak_task(self, "_connect", None))
-        self._start_connects(connects)
-        self._close_clients(expired, "lifetime")
+        if connects:
+            self._start_connects(connects)
+        if expired:
+            self._close_clients(expired, "lifetime")
         if record is not None:
             return record, 0.0
         return self._wait_for(waiter, timeout), monotonic() - waiter.since
@@ -829,12 +835,19 @@ class Pool(Generic[T]):
         """Give a client to the oldest waiter, leasing it on the waiter's behalf, or put it on the idle stack."""
         if self._waiters:
             waiter = self._waiters.popleft()
-            self._lease_locked(record, now)
+            record.leased_at = now  # what _lease_locked does, inlined: this runs once per queued lease
+            self._leased[id(record.client)] = record
+            self._leases_total += 1
+            record.leak_reported = False
             self._waited_leases += 1
             # ``now`` may predate the lock (the return path reads the clock first), and so this waiter's arrival.
             waited = now - waiter.since if now > waiter.since else 0.0
             self._wait_seconds_total += waited
-            self._wait_hist.add(waited)
+            wait_times = self._wait_times
+            wait_times.append(waited)  # folded into the histogram in batches, like use times
+            if len(wait_times) >= 1024:
+                self._wait_hist.add_many(wait_times)
+                wait_times.clear()
             waiter.record = record
             waiter.wakeup.release()
         else:
@@ -1319,21 +1332,25 @@ class Pool(Generic[T]):
         self._use_hist = Histogram()
         self._connect_hist = Histogram()
         self._use_times.clear()
+        self._wait_times.clear()
 
     def histograms(self) -> dict[str, Histogram]:
         """Return copies of the ``wait_time``, ``use_time`` and ``connect_time`` histograms (seconds)."""
         with self._lock:
-            self._flush_use_times_locked()
+            self._flush_times_locked()
             return {
                 "wait_time": self._wait_hist.copy(),
                 "use_time": self._use_hist.copy(),
                 "connect_time": self._connect_hist.copy(),
             }
 
-    def _flush_use_times_locked(self) -> None:
+    def _flush_times_locked(self) -> None:
         if self._use_times:
             self._use_hist.add_many(self._use_times)
             self._use_times.clear()
+        if self._wait_times:
+            self._wait_hist.add_many(self._wait_times)
+            self._wait_times.clear()
 
     def stats(self) -> dict[str, Any]:
         """Return a snapshot of the pool's gauges and counters.
@@ -1379,7 +1396,7 @@ class Pool(Generic[T]):
         return stats
 
     def _stats_locked(self) -> dict[str, Any]:
-        self._flush_use_times_locked()
+        self._flush_times_locked()
         discards = dict(self._discards)
         use = self._use_hist.snapshot()
         return {
