@@ -17,7 +17,7 @@ from .elasticsearch import ElasticsearchNode, ExternalElasticsearch
 from .external import NotSupportedExternally, require_managed
 from .postgres import ExternalPostgres, PostgresServer
 from .proxy import FaultProxy
-from .s3 import ExternalS3, S3Server
+from .s3 import ExternalS3, RefusingS3Endpoint, S3Server
 
 __all__ = [
     "ElasticsearchNode",
@@ -27,6 +27,7 @@ __all__ = [
     "FaultProxy",
     "NotSupportedExternally",
     "PostgresServer",
+    "RefusingS3Endpoint",
     "S3Server",
     "require_managed",
 ]

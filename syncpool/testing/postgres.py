@@ -272,7 +272,39 @@ def _conninfo(**params: Any) -> str:
     return " ".join(f"{key}={quote(value)}" for key, value in params.items())
 
 
-class PostgresServer:
+class _Addresses:
+    """The ways to reach a server, from its ``host``, ``port``, ``user``, ``password`` and ``dbname``."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+
+    @property
+    def dsn(self) -> str:
+        """libpq conninfo string with the password: ``host=... port=... user=... password=... dbname=...``."""
+        return _conninfo(
+            host=self.host, port=self.port, user=self.user, password=self.password, dbname=self.dbname
+        )
+
+    @property
+    def dsn_without_password(self) -> str:
+        """Like :attr:`dsn` without ``password=``: safe to log, fails to authenticate unless PGPASSWORD is set."""
+        return _conninfo(host=self.host, port=self.port, user=self.user, dbname=self.dbname)
+
+    @property
+    def url(self) -> str:
+        """``postgresql://user:password@host:port/dbname`` URL."""
+        from urllib.parse import quote
+
+        return (
+            f"postgresql://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+            f"@{self.host}:{self.port}/{quote(self.dbname, safe='')}"
+        )
+
+
+class PostgresServer(_Addresses):
     """A throw-away PostgreSQL server on 127.0.0.1, with password authentication.
 
     The server is created lazily by :meth:`start`; the data directory lives on until :meth:`close`. The TCP port is
@@ -332,27 +364,6 @@ class PostgresServer:
 
     # -- addresses ---------------------------------------------------------------------------------------------
 
-    @property
-    def dsn(self) -> str:
-        """libpq conninfo string with the password: ``host=127.0.0.1 port=... user=... password=... dbname=...``."""
-        return _conninfo(
-            host=self.host, port=self.port, user=self.user, password=self.password, dbname=self.dbname
-        )
-
-    @property
-    def dsn_without_password(self) -> str:
-        """Like :attr:`dsn` without ``password=``: safe to log, fails to authenticate unless PGPASSWORD is set."""
-        return _conninfo(host=self.host, port=self.port, user=self.user, dbname=self.dbname)
-
-    @property
-    def url(self) -> str:
-        """``postgresql://user:password@127.0.0.1:port/dbname`` URL."""
-        from urllib.parse import quote
-
-        return (
-            f"postgresql://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
-            f"@{self.host}:{self.port}/{quote(self.dbname, safe='')}"
-        )
 
     @property
     def log_file(self) -> Path:
@@ -630,7 +641,7 @@ class PostgresServer:
         self._bootstrapped = True
 
 
-class ExternalPostgres:
+class ExternalPostgres(_Addresses):
     """An externally managed server (``SYNCPOOL_TEST_POSTGRES_DSN``) with the connection attributes of
     :class:`PostgresServer`; lifecycle methods raise :class:`NotImplementedError`.
 
@@ -648,27 +659,6 @@ class ExternalPostgres:
         self.password = str(params.get("password") or os.environ.get("PGPASSWORD") or "")
         self.dbname = str(params.get("dbname") or self.user)
 
-    @property
-    def dsn(self) -> str:
-        """libpq conninfo string with the password."""
-        return _conninfo(
-            host=self.host, port=self.port, user=self.user, password=self.password, dbname=self.dbname
-        )
-
-    @property
-    def dsn_without_password(self) -> str:
-        """Like :attr:`dsn` without the password."""
-        return _conninfo(host=self.host, port=self.port, user=self.user, dbname=self.dbname)
-
-    @property
-    def url(self) -> str:
-        """``postgresql://`` URL with the password."""
-        from urllib.parse import quote
-
-        return (
-            f"postgresql://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
-            f"@{self.host}:{self.port}/{quote(self.dbname, safe='')}"
-        )
 
     def is_running(self) -> bool:
         """Always True: an external server is assumed to be up."""

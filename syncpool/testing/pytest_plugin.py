@@ -34,7 +34,7 @@ from .elasticsearch import ElasticsearchNode, ExternalElasticsearch
 from .external import ENV_VARS, NotSupportedExternally, external_override
 from .postgres import ExternalPostgres, PostgresServer, _run_as
 from .proxy import FaultProxy
-from .s3 import ExternalS3, S3Server
+from .s3 import ExternalS3, RefusingS3Endpoint, S3Server
 
 __all__ = [
     "elasticsearch_node",
@@ -102,6 +102,13 @@ def postgres_server(
     """A running PostgreSQL server (restarted if an earlier test stopped it)."""
     _syncpool_postgres_session.start()
     return _syncpool_postgres_session
+
+
+@pytest.fixture
+def refusing_s3_endpoint() -> Iterator[str]:
+    """The URL of an S3-shaped endpoint that refuses every request with 403 ``InvalidAccessKeyId``."""
+    with RefusingS3Endpoint() as endpoint:
+        yield endpoint.endpoint_url
 
 
 @pytest.fixture(scope="session")

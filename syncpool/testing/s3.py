@@ -16,7 +16,7 @@ from typing import Any
 
 from .external import NotSupportedExternally
 
-__all__ = ["ExternalS3", "S3Server"]
+__all__ = ["ExternalS3", "RefusingS3Endpoint", "S3Server"]
 
 
 def _mask(secret: str) -> str:
@@ -149,3 +149,79 @@ class ExternalS3:
 
     def __repr__(self) -> str:
         return f"<ExternalS3 {self.endpoint_url} region={self.region} secret_key={_mask(self.secret_key)}>"
+
+
+class RefusingS3Endpoint:
+    """An S3-shaped HTTP endpoint that refuses every request's credentials with 403 and an AWS error code.
+
+    moto accepts any credentials, so this is how a test sees what a real S3 does with a wrong or revoked key.
+
+    Args:
+        code: The AWS error code to answer with. Defaults to ``"InvalidAccessKeyId"``.
+        host: Address to listen on.
+    """
+
+    def __init__(self, *, code: str = "InvalidAccessKeyId", host: str = "127.0.0.1") -> None:
+        self.code = code
+        self.host = host
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http://host:port`` of the running endpoint."""
+        if self._server is None:
+            raise RuntimeError("RefusingS3Endpoint is not started")
+        return f"http://{self.host}:{self._server.server_address[1]}"
+
+    def start(self) -> RefusingS3Endpoint:
+        """Listen on a free port, answering from a daemon thread."""
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        code = self.code
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                """Keep test output quiet."""
+
+            def _refuse(self, body: bool) -> None:
+                payload = (
+                    f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                    "<Message>The AWS Access Key Id you provided does not exist in our records.</Message></Error>"
+                ).encode()
+                self.send_response(403)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(payload) if body else 0))
+                self.end_headers()
+                if body:
+                    self.wfile.write(payload)
+
+            def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+                self._refuse(body=True)
+
+            def do_PUT(self) -> None:  # noqa: N802 - stdlib naming
+                self._refuse(body=True)
+
+            def do_HEAD(self) -> None:  # noqa: N802 - stdlib naming
+                self._refuse(body=False)
+
+        self._server = ThreadingHTTPServer((self.host, 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="refusing-s3", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and join the serving thread."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def __enter__(self) -> RefusingS3Endpoint:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import boto3
@@ -214,52 +211,15 @@ def test_unreachable_endpoint_is_transient_not_auth() -> None:
     assert SECRET not in str(info.value)
 
 
-# -- an endpoint that refuses the credentials ------------------------------------------------------------------
-
-
-class _RefusingHandler(BaseHTTPRequestHandler):
-    code = "InvalidAccessKeyId"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
-
-    def _refuse(self, body: bool) -> None:
-        payload = (
-            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{self.code}</Code>'
-            "<Message>The AWS Access Key Id you provided does not exist in our records.</Message></Error>"
-        ).encode()
-        self.send_response(403)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(payload) if body else 0))
-        self.end_headers()
-        if body:
-            self.wfile.write(payload)
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._refuse(body=True)
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._refuse(body=False)
-
-
-@pytest.fixture
-def refusing_endpoint() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingHandler)
-    thread = threading.Thread(target=server.serve_forever, name="refusing-s3", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
 
 
 @pytest.mark.parametrize("bucket_name", [None, "mybucket"])
 def test_refused_credentials_raise_auth_error_at_connect(
-    refusing_endpoint: str, bucket_name: str | None
+    refusing_s3_endpoint: str, bucket_name: str | None
 ) -> None:
     connector = S3Connector(
         bucket=bucket_name,
-        endpoint_url=refusing_endpoint,
+        endpoint_url=refusing_s3_endpoint,
         region_name="us-east-1",
         aws_access_key_id="AKIAEXAMPLE",
         aws_secret_access_key=SECRET,
@@ -271,7 +231,7 @@ def test_refused_credentials_raise_auth_error_at_connect(
     assert isinstance(cause, ClientError) and connector.is_auth_error(cause)
     assert not connector.is_transient(cause)
     message = str(info.value)
-    assert refusing_endpoint in message
+    assert refusing_s3_endpoint in message
     assert (f"bucket '{bucket_name}'" if bucket_name else "ListBuckets") in message
     for text in (message, str(cause), repr(connector)):
         assert SECRET not in text and TOKEN not in text

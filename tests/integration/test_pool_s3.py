@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -130,51 +127,17 @@ def test_endpoint_outage_under_load(s3_server: Any, bucket: str, fault_proxy: An
 # -- authentication and secrets ------------------------------------------------------------------------------------
 
 
-class _RefusingHandler(BaseHTTPRequestHandler):
-    """Answers every request as S3 does for an unknown access key."""
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        pass
-
-    def _refuse(self, body: bool) -> None:
-        payload = (
-            b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidAccessKeyId</Code>'
-            b"<Message>The AWS Access Key Id you provided does not exist in our records.</Message></Error>"
-        )
-        self.send_response(403)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(payload) if body else 0))
-        self.end_headers()
-        if body:
-            self.wfile.write(payload)
-
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        self._refuse(body=True)
-
-    def do_HEAD(self) -> None:  # noqa: N802 - stdlib naming
-        self._refuse(body=False)
-
-
-@pytest.fixture
-def refusing_endpoint() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingHandler)
-    thread = threading.Thread(target=server.serve_forever, name="refusing-s3", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
 
 
 def test_refused_credentials_raise_auth_error_fast_and_leak_nothing(
-    s3_server: Any, refusing_endpoint: str, caplog: Any
+    s3_server: Any, refusing_s3_endpoint: str, caplog: Any
 ) -> None:
     secret_key = f"SECRET{secrets.token_hex(12)}"
     token = f"TOKEN{secrets.token_hex(12)}"
     caplog.set_level(logging.DEBUG, logger="syncpool")
     connector = S3Connector(
         bucket="it-refused",
-        endpoint_url=refusing_endpoint,
+        endpoint_url=refusing_s3_endpoint,
         region_name="us-east-1",
         aws_access_key_id="AKIAEXAMPLE",
         aws_secret_access_key=secret_key,
