@@ -601,8 +601,9 @@ class Pool(Generic[T]):
                         f"pool {self.name!r}: {len(self._waiters)} callers already waiting (max_waiting="
                         f"{self._max_waiting})"
                     )
-                if self._breaker != "closed":
+                if self._breaker != "closed" and self._size_locked() < self._max_size:
                     # Decide: fail fast, unless this caller may start the one probe and wait for its outcome.
+                    # (With every slot taken, connects are not the question: wait for a return as usual.)
                     now = monotonic()
                     if self._breaker == "half_open" or now < self._next_probe_at:
                         self._breaker_rejections += 1

@@ -282,3 +282,19 @@ def test_monitor_counts_calls_on_leased_clients() -> None:
         assert clients["methods"]["execute"]["operations"] == 401
         assert pool.pop_stats()["clients"]["operations"] == 401
         assert pool.stats()["clients"]["operations"] == 0
+
+
+def test_open_breaker_with_every_slot_leased_waits_for_a_return() -> None:
+    connector = FakeConnector()
+    with Pool(connector, max_size=2, breaker_threshold=1, timeout=5) as pool:
+        held = [pool.getconn(timeout=1), pool.getconn(timeout=1)]  # every slot taken
+        connector.fail_connects = ConnectionRefusedError("down")
+        with pool._lock:  # as after a failed connect: open, and no probe allowed for a minute
+            pool._breaker = "open"
+            pool._next_probe_at = time.monotonic() + 60
+        threading.Timer(0.1, pool.putconn, args=(held.pop(),)).start()
+        start = time.monotonic()
+        with pool.connection(timeout=2):  # connects are not the question here: wait for the return
+            assert 0.05 < time.monotonic() - start < 1.0
+        assert pool.stats()["size"] == 2 and connector.connect_attempts == 2
+        pool.putconn(held.pop())
