@@ -140,18 +140,26 @@ class Pool(Generic[T]):
         pool's worker threads, never in the leasing thread, so a lease waits exactly as long as its timeout.
         Growth on demand is one connect at a time: a burst of short leases is mostly served by returns, and the
         next connect starts only if callers are still waiting when one finishes. Every client being created counts
-        against ``max_size``, so ``idle + in_use + connecting`` never exceeds it.
+        against ``max_size``, so ``idle + in_use + connecting`` never exceeds it. Health passes take idle clients
+        out one at a time (counted in ``in_use`` as ``checking``) and check each on its own thread. When connects
+        keep failing, a circuit breaker fails leases that would have to wait for a connect at once
+        (:class:`~syncpool.PoolUnavailable`) and lets one probe at a time test the backend.
 
     Invariants:
-        ``size == idle + in_use + connecting <= max_size`` at every moment the lock is free. No connector method,
-        callback or log call that could block runs with the lock held: the lock only guards decisions.
+        ``size == idle + in_use + connecting`` at every moment the lock is free, and ``size <= max_size`` except
+        after :meth:`resize` shrinks the pool below the clients still leased, until they come back. No connector
+        method, callback or log call that could block runs with the lock held: the lock only guards decisions.
 
     Hazards:
         A client is never closed while leased, so a caller that never returns one keeps it (and its slot) forever;
         ``leak_threshold`` reports such leases with the stack that took them. Returning a client from a thread other
         than the one that leased it is fine; using one client from two threads at once is not (that is the client's
-        own thread-safety, which the pool cannot add). After ``os.fork()`` the child starts with an empty pool: it
-        never uses, closes or finalises a client inherited from the parent.
+        own thread-safety, which the pool cannot add). With ``check_after_idle``, the check runs in the leasing
+        thread after the wait, so a lease can take its timeout plus the connector's check time. Under the GIL,
+        FIFO hand-off means every queued lease costs a thread switch: pools that let a running thread barge
+        serve more leases per second when threads far outnumber clients, and are unfair doing so. After
+        ``os.fork()`` the child starts with an empty pool: it never uses, closes or finalises a client inherited
+        from the parent.
 
     Args:
         connector: A :class:`~syncpool.Connector`, or a zero-argument callable returning a new client.
