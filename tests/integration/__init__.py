@@ -146,3 +146,30 @@ def assert_no_secret(
         assert secret, "empty secret"
         for where, text in texts:
             assert secret not in text, f"secret leaked into {where}: {text[:300]}"
+
+
+def outage_under_load(
+    load: Load,
+    take_down: Callable[[], object],
+    bring_back: Callable[[], object],
+    *,
+    warm_up: int = 50,
+    down_for: float = 0.5,
+    after: int = 50,
+) -> float:
+    """Start ``load``, take the backend down and back up, and return how long after that the first lease succeeded.
+
+    The load runs until ``warm_up`` operations succeeded before the outage and ``after`` more once it recovered,
+    then is stopped; the caller asserts on ``load`` (errors seen, recovery time) afterwards.
+    """
+    load.start()
+    wait_until(lambda: load.ok >= warm_up, timeout=10)
+    take_down()
+    time.sleep(down_for)
+    bring_back()
+    back = time.monotonic()
+    recovery = wait_until(lambda: load.successes_since(back), timeout=15)
+    ok_after = load.ok
+    wait_until(lambda: load.ok >= ok_after + after, timeout=10)
+    load.stop()
+    return recovery

@@ -13,7 +13,7 @@ import syncpool
 from syncpool import Pool
 from syncpool.connectors import ElasticsearchConnector
 
-from . import Load, Sampler, assert_no_secret, wait_until
+from . import Load, Sampler, assert_no_secret, outage_under_load, wait_until
 
 elasticsearch = pytest.importorskip("elasticsearch")
 elastic_transport = pytest.importorskip("elastic_transport")
@@ -79,16 +79,7 @@ def test_node_restarted_under_load(elasticsearch_node: Any) -> None:
     load = Load(info, threads=8)
     try:
         with Sampler(lambda: pool.stats()["size"]) as sampler:
-            load.start()
-            wait_until(lambda: load.ok >= 50, timeout=10)
-            elasticsearch_node.stop()
-            time.sleep(0.5)
-            elasticsearch_node.start()
-            back = time.monotonic()
-            recovery = wait_until(lambda: load.successes_since(back), timeout=15)
-            ok_after = load.ok
-            wait_until(lambda: load.ok >= ok_after + 50, timeout=10)
-            load.stop()
+            recovery = outage_under_load(load, elasticsearch_node.stop, elasticsearch_node.start)
         assert recovery < 5.0
         assert load.unexpected(ALLOWED) == []
         assert load.errors, "the outage went unnoticed: the test did not test anything"

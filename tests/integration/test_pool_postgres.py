@@ -14,7 +14,7 @@ import syncpool
 from syncpool import Pool
 from syncpool.connectors import PostgresConnector
 
-from . import Load, Sampler, assert_no_secret, wait_until
+from . import Load, Sampler, assert_no_secret, outage_under_load, wait_until
 
 psycopg = pytest.importorskip("psycopg")
 from psycopg.pq import TransactionStatus  # noqa: E402
@@ -186,16 +186,7 @@ def test_server_restarted_under_load(postgres_server: Any, mode: str) -> None:
     load = Load(work, threads=10)
     try:
         with Sampler(postgres_server.count_connections, interval=0.05) as sampler:
-            load.start()
-            wait_until(lambda: load.ok >= 50, timeout=10)
-            postgres_server.stop(mode)
-            time.sleep(0.5)
-            postgres_server.start()
-            restarted = time.monotonic()
-            recovery = wait_until(lambda: load.successes_since(restarted), timeout=10)
-            ok_after = load.ok
-            wait_until(lambda: load.ok >= ok_after + 50, timeout=10)
-            load.stop()
+            recovery = outage_under_load(load, lambda: postgres_server.stop(mode), postgres_server.start)
         assert recovery < 5.0
         assert load.unexpected(ALLOWED) == []
         assert load.errors, "the outage went unnoticed: the test did not test anything"

@@ -13,7 +13,7 @@ import syncpool
 from syncpool import Pool
 from syncpool.connectors import S3Connector
 
-from . import Load, Sampler, assert_no_secret, wait_until
+from . import Load, Sampler, assert_no_secret, outage_under_load, wait_until
 
 boto3 = pytest.importorskip("boto3")
 botocore_exceptions = pytest.importorskip("botocore.exceptions")
@@ -103,17 +103,9 @@ def test_endpoint_outage_under_load(s3_server: Any, bucket: str, fault_proxy: An
     load = Load(head, threads=8)
     try:
         with Sampler(lambda: proxy.connections) as sampler:
-            load.start()
-            wait_until(lambda: load.ok >= 30, timeout=10)
-            proxy.refuse()
-            proxy.cut()
-            time.sleep(1.0)
-            proxy.pass_through()
-            back = time.monotonic()
-            recovery = wait_until(lambda: load.successes_since(back), timeout=15)
-            ok_after = load.ok
-            wait_until(lambda: load.ok >= ok_after + 30, timeout=10)
-            load.stop()
+            recovery = outage_under_load(
+                load, lambda: (proxy.refuse(), proxy.cut()), proxy.pass_through, warm_up=30, down_for=1.0, after=30
+            )
         assert recovery < 5.0
         assert load.unexpected(ALLOWED) == []
         # Each pooled client holds at most one HTTP connection at a time (one thread uses it at once).
