@@ -373,11 +373,8 @@ class Pool(Generic[T]):
 
     def __repr__(self) -> str:
         with self._lock:
-            size, idle, leased = self._size_locked(), len(self._idle), len(self._leased)
-        return (
-            f"<{type(self).__name__} {self.name!r} {self._state} size={size} idle={idle} in_use={leased} "
-            f"max_size={self._max_size} connector={self._connector!r}>"
-        )
+            counts = self._describe_locked()
+        return f"<{type(self).__name__} {self.name!r} {self._state} {counts} connector={self._connector!r}>"
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
