@@ -266,3 +266,35 @@ def test_repr_and_stats_show_no_connector_secrets() -> None:
 def test_client_type_is_preserved() -> None:
     with Pool(FakeConnector(), max_size=1) as pool, pool.connection(timeout=2) as client:
         assert isinstance(client, FakeClient)
+
+
+@pytest.mark.parametrize("full", [True, False], ids=["at-max-size", "growing"])
+def test_a_queued_lease_reports_its_wait_and_leasing_stack(full: bool, caplog: pytest.LogCaptureFixture) -> None:
+    # At max_size a lease queues in getconn's own lock hold; a pool that can still grow queues on the slow path.
+    # Both must tell lease listeners how long they waited and remember where they were leased.
+    caplog.set_level(logging.WARNING, logger="syncpool")
+    with Pool(FakeConnector(connect_delay=0.0 if full else 0.2), min_size=1, max_size=1 if full else 2,
+              leak_threshold=0.5, name="queued") as pool:
+        pool.wait()
+        waits: list[float] = []
+        pool.add_listener("lease", lambda _pool, wait: waits.append(wait))
+        held = pool.getconn()
+        released = threading.Timer(0.2, pool.putconn, args=(held,))
+        if full:
+            released.start()
+        leased_on_line = sys._getframe().f_lineno + 1
+        client = pool.getconn(timeout=5)  # queues: the one client is out
+        if full:
+            released.join()
+        else:
+            pool.putconn(held)  # out for about the connect delay: below leak_threshold
+        time.sleep(0.8)
+        pool.putconn(client)
+        stats = pool.stats()
+    assert len(waits) == 2
+    assert waits[0] == 0.0
+    assert 0.15 <= waits[1] < 2.0
+    assert stats["leaks_detected"] == 1
+    leaks = [r.getMessage() for r in caplog.records if "possible leak" in r.getMessage()]
+    assert len(leaks) == 1
+    assert f'{__file__}", line {leased_on_line}, in test_a_queued_lease' in leaks[0]
