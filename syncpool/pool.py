@@ -553,7 +553,7 @@ class Pool(Generic[T]):
                 and self._breaker == "closed"
                 and len(self._leased) + self._connecting + self._checking >= self._max_size
                 and (not self._max_waiting or len(waiters) < self._max_waiting)
-                and (timeout is None or (timeout.__class__ is float and 0.0 < timeout < _INF))
+                and (timeout is None or ((timeout.__class__ is float or timeout.__class__ is int) and 0 < timeout < _INF))
             ):
                 # Decide: the contended path. Every slot is taken, so there is nothing to connect and nothing
                 # to fail fast: queue at once, in this same lock hold, for a return to be handed to us.
