@@ -6,8 +6,11 @@ For 1 and 8 threads, each round runs, one after the other (interleaved, so machi
 
 * ``empty``: the bare loop, subtracted from the lock figures;
 * ``bare``: ``client.ping()`` on a trivial method (attribute lookup included);
-* ``monitored``: the same through ``MonitoredClient`` (attribute lookup included), every call timed;
-* ``sampled``: the same with ``ClientStats(latency_sample=8)``: counts exact, one call in eight timed;
+* ``monitored``: the same through ``MonitoredClient`` (attribute lookup included), every call timed, on the C
+  accelerator (``syncpool._speedups``) when it is built, as it is wherever a C compiler was at hand at install;
+* ``pure``: the same on the pure-Python call path (what ``SYNCPOOL_NO_SPEEDUPS=1`` or a build without a
+  compiler gives);
+* ``sampled``: pure Python with ``ClientStats(latency_sample=8)``: counts exact, one call in eight timed;
 * ``lock``: ``lock.acquire(); lock.release()`` on an uncontended ``threading.Lock`` (one per thread);
 * ``with``: ``with lock: pass``, the idiomatic spelling, for reference.
 
@@ -28,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from syncpool import monitoring  # noqa: E402
 from syncpool.monitoring import ClientStats, MonitoredClient  # noqa: E402
 
 
@@ -85,32 +89,41 @@ def bench(threads: int, rounds: int, calls: int) -> dict[str, float]:
     raw = Trivial()
     monitored = MonitoredClient(Trivial(), name="bench")
     monitored.ping()  # warm the wrapper cache
-    sampled = MonitoredClient(Trivial(), sink=ClientStats("bench-sampled", latency_sample=8))
-    sampled.ping()
+    accelerator, monitoring._speedups = monitoring._speedups, None  # recorders pick their path when created
+    try:
+        pure = MonitoredClient(Trivial(), name="bench-pure")
+        pure.ping()
+        sampled = MonitoredClient(Trivial(), sink=ClientStats("bench-sampled", latency_sample=8))
+        sampled.ping()
+    finally:
+        monitoring._speedups = accelerator
     variants: dict[str, Callable[[], Callable[[], None]]] = {
         "empty": lambda: lambda: loop_empty(calls),
         "bare": lambda: lambda: loop_call(raw, calls),
         "monitored": lambda: lambda: loop_call(monitored, calls),
+        "pure": lambda: lambda: loop_call(pure, calls),
         "sampled": lambda: lambda: loop_call(sampled, calls),
         "lock": lambda: (lambda lock: lambda: loop_lock(lock, calls))(threading.Lock()),
         "with": lambda: (lambda lock: lambda: loop_with(lock, calls))(threading.Lock()),
     }
     samples: dict[str, list[float]] = {
-        key: [] for key in (*variants, "added", "added_sampled", "lock_pair", "with_pair")
+        key: [] for key in (*variants, "added", "added_pure", "added_sampled", "lock_pair", "with_pair")
     }
     for _ in range(rounds):
         figures = {key: run(threads, calls, make) for key, make in variants.items()}
         for key, value in figures.items():
             samples[key].append(value)
         samples["added"].append(figures["monitored"] - figures["bare"])
+        samples["added_pure"].append(figures["pure"] - figures["bare"])
         samples["added_sampled"].append(figures["sampled"] - figures["bare"])
         samples["lock_pair"].append(figures["lock"] - figures["empty"])
         samples["with_pair"].append(figures["with"] - figures["empty"])
     result = {key: statistics.median(values) for key, values in samples.items()}
     result["ratio"] = result["added"] / result["lock_pair"]
     result["ratio_with"] = result["added"] / result["with_pair"]
+    result["ratio_pure"] = result["added_pure"] / result["lock_pair"]
     result["ratio_sampled"] = result["added_sampled"] / result["lock_pair"]
-    for client in (monitored, sampled):
+    for client in (monitored, pure, sampled):
         ops = client.stats()["operations"]
         assert ops == 1 + rounds * threads * calls, ops  # the monitor counted every call exactly
     return result
@@ -123,18 +136,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", type=int, default=100_000, help="calls per thread per round")
     args = parser.parse_args()
-    print(f"Python {sys.version.split()[0]}, {args.rounds} rounds, {args.calls} calls per thread per round")
-    print(
-        "threads  bare  monitored  added-ns  lock-pair  with-lock  added/lock  added/with  sampled-added  /lock"
-    )
+    path = "C accelerator" if monitoring._speedups is not None else "pure Python (accelerator not built)"
+    print(f"Python {sys.version.split()[0]}, {args.rounds} rounds, {args.calls} calls per thread per round;"
+          f" monitored = {path}")
+    print("threads  bare  lock-pair  with-lock | monitored added  /lock  /with | pure added  /lock"
+          " | sampled added  /lock")
     for threads in (1, 8):
         r = bench(threads, args.rounds, args.calls)
         print(
-            f"{threads:7d}  {r['bare']:4.0f}  {r['monitored']:9.1f}  {r['added']:8.1f}  {r['lock_pair']:9.1f}"
-            f"  {r['with_pair']:9.1f}  {r['ratio']:10.2f}  {r['ratio_with']:10.2f}"
-            f"  {r['added_sampled']:13.1f}  {r['ratio_sampled']:5.2f}"
+            f"{threads:7d}  {r['bare']:4.0f}  {r['lock_pair']:9.1f}  {r['with_pair']:9.1f}"
+            f" | {r['monitored']:9.1f} {r['added']:5.1f}  {r['ratio']:5.2f}  {r['ratio_with']:5.2f}"
+            f" | {r['pure']:4.0f} {r['added_pure']:5.1f}  {r['ratio_pure']:5.2f}"
+            f" | {r['sampled']:7.0f} {r['added_sampled']:5.1f}  {r['ratio_sampled']:5.2f}"
         )
-    print("(ns per call, medians; lock = acquire()+release(); target: added/lock <= 3)")
+    print("(ns per call, medians; lock = acquire()+release(); target: monitored added/lock <= 3)")
 
 
 if __name__ == "__main__":

@@ -195,6 +195,26 @@ class Histogram:
         if low < self._min:
             self._min = low
 
+    def add_counts(self, buckets: dict[int, int], count: int, total: float, low: float, high: float) -> None:
+        """Record values already bucketed elsewhere, without locking (the fold of the C accelerator's counts).
+
+        Args:
+            buckets: Bucket index (as :meth:`add` computes it) -> number of values.
+            count: Number of values, the sum of ``buckets``' counts.
+            total: Their exact sum.
+            low: The smallest of them.
+            high: The largest of them.
+        """
+        counts = self._counts
+        for index, n in buckets.items():
+            counts[index] = counts.get(index, 0) + n
+        self._count += count
+        self._sum += total
+        if high > self._max:
+            self._max = high
+        if low < self._min:
+            self._min = low
+
     def _state(self) -> tuple[dict[int, int], float, float, float]:
         # dict.copy() is one C call: a consistent table even if a foreign-locked add() runs meanwhile.
         with self._lock:

@@ -7,10 +7,26 @@ from typing import Any
 
 import pytest
 
+from syncpool import monitoring
 from syncpool.histogram import RELATIVE_ERROR
 from syncpool.monitoring import ClientStats, MonitoredClient, monitor_of, monitored, unwrap
 
 ALWAYS = ("operations", "errors", "ops_per_sec", "error_rate")
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every test on both call paths: the C accelerator (when built) and pure Python.
+
+    Recorders pick their path when created, so patching the module before a test builds its clients is enough.
+    (Tests with an injected clock take the Python path either way.)
+    """
+    if request.param == "c":
+        if monitoring._speedups is None:
+            pytest.skip("syncpool._speedups is not built here (no C compiler at install time)")
+    else:
+        monkeypatch.setattr(monitoring, "_speedups", None)
+    return str(request.param)
 
 
 class Boom(Exception):

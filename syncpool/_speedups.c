@@ -1,0 +1,485 @@
+/* Optional accelerator for syncpool.monitoring: the timed call path of MonitoredClient.
+ *
+ * syncpool works without it (pure Python, see monitoring.py); when a C compiler is at hand at install time this
+ * module is built too, and exact-mode recorders use it. Two types:
+ *
+ * Accumulator  per-method latency counts not yet folded into the Python Histogram: count, sum, min, max and one
+ *              counter per histogram bucket. The bucket index is the one histogram.py computes (the IEEE-754
+ *              exponent and top 6 mantissa bits of the value), so a fold is a merge of counts, not a re-bucketing.
+ * TimedCall    a callable that reads the perf_counter clock, forwards its arguments unchanged (vectorcall: no
+ *              tuple or dict is built), reads the clock again and adds the duration to the accumulator. A call
+ *              that ends at or after the accumulator's rollover, or raises, is handed to the Python recorder's
+ *              record_late / record_error, exactly as the pure-Python wrapper does.
+ *
+ * Thread safety: every access happens with the GIL held and none of them releases it, so the counters need no
+ * lock. The module does not declare free-threading support; monitoring.py does not import it on such builds.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* The bucket layout of syncpool/histogram.py; tests check that both agree on every index. */
+#define SHIFT 46
+#define MIN_INDEX ((-30 + 1023) << 6)
+#define MAX_INDEX ((20 + 1023) << 6)
+#define UNDERFLOW (MIN_INDEX - 1)
+#define NBUCKETS (MAX_INDEX - UNDERFLOW + 1)
+#define MIN_VALUE (1.0 / 1073741824.0) /* 2**-30 */
+#define MAX_VALUE 1048576.0            /* 2**20 */
+
+static inline int64_t
+perf_counter_ns(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    (void)PyTime_PerfCounterRaw(&t); /* cannot fail on the platforms CPython supports; 0 if it did */
+    return (int64_t)t;
+#else
+    return (int64_t)_PyTime_GetPerfCounter();
+#endif
+}
+
+static inline double
+ns_to_seconds(int64_t ns)
+{
+    return (double)ns / 1e9; /* what time.perf_counter() returns for the same reading */
+}
+
+/* -- Accumulator ----------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    double rollover; /* perf_counter seconds at which the current 50 ms slot ends */
+    Py_ssize_t count;
+    double sum;
+    double min;
+    double max;
+    uint32_t counts[NBUCKETS]; /* at most one 50 ms slot of calls between folds: far below 2**32 */
+} Accumulator;
+
+static void
+accumulator_clear(Accumulator *self)
+{
+    self->count = 0;
+    self->sum = 0.0;
+    self->min = Py_HUGE_VAL;
+    self->max = 0.0;
+    memset(self->counts, 0, sizeof(self->counts));
+}
+
+static inline void
+accumulator_add(Accumulator *self, double seconds)
+{
+    Py_ssize_t index;
+    uint64_t bits;
+
+    if (!(seconds >= 0.0)) { /* negative or NaN: cannot come from a monotonic clock, but never index with it */
+        seconds = 0.0;
+    }
+    if (seconds < MIN_VALUE) {
+        index = UNDERFLOW;
+    }
+    else if (seconds >= MAX_VALUE) {
+        index = MAX_INDEX;
+    }
+    else {
+        memcpy(&bits, &seconds, sizeof(bits));
+        index = (Py_ssize_t)(bits >> SHIFT);
+    }
+    self->counts[index - UNDERFLOW]++;
+    self->count++;
+    self->sum += seconds;
+    if (seconds > self->max) {
+        self->max = seconds;
+    }
+    if (seconds < self->min) {
+        self->min = seconds;
+    }
+}
+
+static PyObject *
+accumulator_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *keywords[] = {"rollover", NULL};
+    double rollover = Py_HUGE_VAL;
+    Accumulator *self;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|d:Accumulator", keywords, &rollover)) {
+        return NULL;
+    }
+    self = (Accumulator *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->rollover = rollover;
+    accumulator_clear(self);
+    return (PyObject *)self;
+}
+
+static PyObject *
+accumulator_add_py(Accumulator *self, PyObject *arg)
+{
+    double seconds = PyFloat_AsDouble(arg);
+
+    if (seconds == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    accumulator_add(self, seconds);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+accumulator_drain(Accumulator *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *buckets, *result;
+    Py_ssize_t i, seen = 0;
+
+    if (self->count == 0) {
+        Py_RETURN_NONE;
+    }
+    buckets = PyDict_New();
+    if (buckets == NULL) {
+        return NULL;
+    }
+    for (i = 0; i < NBUCKETS && seen < self->count; i++) {
+        PyObject *key, *value;
+        int failed;
+
+        if (self->counts[i] == 0) {
+            continue;
+        }
+        seen += self->counts[i];
+        key = PyLong_FromSsize_t(i + UNDERFLOW);
+        value = PyLong_FromUnsignedLong(self->counts[i]);
+        failed = key == NULL || value == NULL || PyDict_SetItem(buckets, key, value) < 0;
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        if (failed) {
+            Py_DECREF(buckets);
+            return NULL; /* nothing cleared: a later drain returns these counts */
+        }
+    }
+    result = Py_BuildValue("(ndddN)", self->count, self->sum, self->min, self->max, buckets);
+    if (result == NULL) {
+        return NULL; /* buckets was released by Py_BuildValue ("N") */
+    }
+    accumulator_clear(self);
+    return result;
+}
+
+static PyObject *
+accumulator_get_rollover(Accumulator *self, void *Py_UNUSED(closure))
+{
+    return PyFloat_FromDouble(self->rollover);
+}
+
+static int
+accumulator_set_rollover(Accumulator *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    double rollover;
+
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete rollover");
+        return -1;
+    }
+    rollover = PyFloat_AsDouble(value);
+    if (rollover == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    self->rollover = rollover;
+    return 0;
+}
+
+static PyObject *
+accumulator_get_count(Accumulator *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->count);
+}
+
+static PyMethodDef accumulator_methods[] = {
+    {"add", (PyCFunction)accumulator_add_py, METH_O, "add(seconds): count one duration."},
+    {"drain", (PyCFunction)accumulator_drain, METH_NOARGS,
+     "drain() -> (count, sum, min, max, {bucket index: n}) or None if empty; the accumulator is emptied."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef accumulator_getset[] = {
+    {"rollover", (getter)accumulator_get_rollover, (setter)accumulator_set_rollover,
+     "perf_counter seconds from which calls are handed to the recorder's record_late.", NULL},
+    {"count", (getter)accumulator_get_count, NULL, "durations added since the last drain.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject AccumulatorType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "syncpool._speedups.Accumulator",
+    .tp_basicsize = sizeof(Accumulator),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Latency counts of one method not yet folded into its Histogram.",
+    .tp_new = accumulator_new,
+    .tp_methods = accumulator_methods,
+    .tp_getset = accumulator_getset,
+};
+
+/* -- TimedCall ------------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *method;
+    PyObject *recorder; /* the Python _MethodStats: record_late(), record_error() */
+    Accumulator *accumulator;
+    vectorcallfunc vectorcall;
+    PyObject *dict; /* __name__, __wrapped__... set by functools.update_wrapper */
+    PyObject *weakrefs;
+} TimedCall;
+
+static PyObject *str_record_late;
+static PyObject *str_record_error;
+
+static void
+report_recorder_failure(TimedCall *self)
+{
+    /* A failing recorder (out of memory) must not turn a successful call into a failed one, nor replace the
+       exception a failed call raised: report it as unraisable, like an exception in __del__. */
+    PyErr_WriteUnraisable(self->recorder);
+}
+
+static PyObject *
+timed_call_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    TimedCall *self = (TimedCall *)callable;
+    int64_t start, end;
+    double elapsed, end_seconds;
+    PyObject *result, *outcome;
+
+    start = perf_counter_ns();
+    result = PyObject_Vectorcall(self->method, args, nargsf, kwnames);
+    end = perf_counter_ns();
+    elapsed = ns_to_seconds(end - start);
+    end_seconds = ns_to_seconds(end);
+    if (result == NULL) {
+        PyObject *start_seconds = PyFloat_FromDouble(ns_to_seconds(start));
+#if PY_VERSION_HEX >= 0x030C0000
+        PyObject *error = PyErr_GetRaisedException();
+
+        if (start_seconds != NULL) {
+            outcome = PyObject_CallMethodObjArgs(self->recorder, str_record_error, start_seconds, error, NULL);
+        }
+        else {
+            outcome = NULL;
+        }
+        if (outcome == NULL) {
+            report_recorder_failure(self);
+        }
+        Py_XDECREF(outcome);
+        Py_XDECREF(start_seconds);
+        PyErr_SetRaisedException(error);
+#else
+        PyObject *type, *value, *traceback;
+
+        PyErr_Fetch(&type, &value, &traceback);
+        PyErr_NormalizeException(&type, &value, &traceback);
+        if (traceback != NULL && value != NULL) {
+            PyException_SetTraceback(value, traceback);
+        }
+        if (start_seconds != NULL && value != NULL) {
+            outcome = PyObject_CallMethodObjArgs(self->recorder, str_record_error, start_seconds, value, NULL);
+        }
+        else {
+            outcome = NULL;
+        }
+        if (outcome == NULL) {
+            report_recorder_failure(self);
+        }
+        Py_XDECREF(outcome);
+        Py_XDECREF(start_seconds);
+        PyErr_Restore(type, value, traceback);
+#endif
+        return NULL;
+    }
+    if (end_seconds < self->accumulator->rollover) {
+        accumulator_add(self->accumulator, elapsed);
+        return result;
+    }
+    {
+        /* About once per 50 ms slot: the recorder folds, moves to the new slot and counts this call. */
+        PyObject *end_obj = PyFloat_FromDouble(end_seconds);
+        PyObject *elapsed_obj = PyFloat_FromDouble(elapsed);
+
+        if (end_obj != NULL && elapsed_obj != NULL) {
+            outcome = PyObject_CallMethodObjArgs(self->recorder, str_record_late, end_obj, elapsed_obj, NULL);
+        }
+        else {
+            outcome = NULL;
+        }
+        Py_XDECREF(end_obj);
+        Py_XDECREF(elapsed_obj);
+        if (outcome == NULL) {
+            report_recorder_failure(self);
+        }
+        Py_XDECREF(outcome);
+    }
+    return result;
+}
+
+static PyObject *
+timed_call_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *keywords[] = {"method", "recorder", "accumulator", NULL};
+    PyObject *method, *recorder, *accumulator;
+    TimedCall *self;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!:TimedCall", keywords, &method, &recorder, &AccumulatorType,
+                                     &accumulator)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(method)) {
+        PyErr_Format(PyExc_TypeError, "TimedCall needs a callable method, got %.100s", Py_TYPE(method)->tp_name);
+        return NULL;
+    }
+    self = (TimedCall *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(method);
+    self->method = method;
+    Py_INCREF(recorder);
+    self->recorder = recorder;
+    Py_INCREF(accumulator);
+    self->accumulator = (Accumulator *)accumulator;
+    self->vectorcall = timed_call_vectorcall;
+    return (PyObject *)self;
+}
+
+static int
+timed_call_traverse(TimedCall *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->method);
+    Py_VISIT(self->recorder);
+    Py_VISIT(self->accumulator);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+timed_call_clear(TimedCall *self)
+{
+    Py_CLEAR(self->method);
+    Py_CLEAR(self->recorder);
+    Py_CLEAR(self->accumulator);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+timed_call_dealloc(TimedCall *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    timed_call_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+timed_call_descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    /* Bind like a function, so that a TimedCall set on a class (@monitored on a class) is a method. */
+    if (obj == NULL || obj == Py_None) {
+        Py_INCREF(self);
+        return self;
+    }
+    return PyMethod_New(self, obj);
+}
+
+static PyObject *
+timed_call_repr(TimedCall *self)
+{
+    return PyUnicode_FromFormat("<syncpool timed call of %R>", self->method);
+}
+
+static PyGetSetDef timed_call_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject TimedCallType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "syncpool._speedups.TimedCall",
+    .tp_basicsize = sizeof(TimedCall),
+    .tp_dealloc = (destructor)timed_call_dealloc,
+    .tp_vectorcall_offset = offsetof(TimedCall, vectorcall),
+    .tp_repr = (reprfunc)timed_call_repr,
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "TimedCall(method, recorder, accumulator): call method, timing it into accumulator.",
+    .tp_traverse = (traverseproc)timed_call_traverse,
+    .tp_clear = (inquiry)timed_call_clear,
+    .tp_weaklistoffset = offsetof(TimedCall, weakrefs),
+    .tp_getset = timed_call_getset,
+    .tp_descr_get = timed_call_descr_get,
+    .tp_dictoffset = offsetof(TimedCall, dict),
+    .tp_new = timed_call_new,
+};
+
+/* -- module ---------------------------------------------------------------------------------------------------- */
+
+static PyObject *
+speedups_perf_counter(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyFloat_FromDouble(ns_to_seconds(perf_counter_ns()));
+}
+
+static PyMethodDef module_methods[] = {
+    {"perf_counter", speedups_perf_counter, METH_NOARGS,
+     "The clock TimedCall reads, in seconds: the same as time.perf_counter()."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "syncpool._speedups",
+    .m_doc = "Optional C accelerator for syncpool.monitoring's timed call path.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    PyObject *module;
+
+    if (PyType_Ready(&AccumulatorType) < 0 || PyType_Ready(&TimedCallType) < 0) {
+        return NULL;
+    }
+    str_record_late = PyUnicode_InternFromString("record_late");
+    str_record_error = PyUnicode_InternFromString("record_error");
+    if (str_record_late == NULL || str_record_error == NULL) {
+        return NULL;
+    }
+    module = PyModule_Create(&speedups_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&AccumulatorType);
+    if (PyModule_AddObject(module, "Accumulator", (PyObject *)&AccumulatorType) < 0) {
+        Py_DECREF(&AccumulatorType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&TimedCallType);
+    if (PyModule_AddObject(module, "TimedCall", (PyObject *)&TimedCallType) < 0) {
+        Py_DECREF(&TimedCallType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(module, "BUCKETS", NBUCKETS) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
