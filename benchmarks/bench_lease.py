@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_lease.py            # about 8 minutes
+    python benchmarks/bench_lease.py            # about 10 minutes
     python benchmarks/bench_lease.py --quick    # about 2 minutes, fewer rounds and pairs
 
 Every pool holds real psycopg 3 connections (autocommit, so a ``SELECT 1`` leaves nothing to roll back) to one
@@ -15,7 +15,9 @@ most, in the median round) rests on enough leases per thread. Competitors are in
 each round, and each cell reports the median over the rounds and its ratio to psycopg_pool.
 
 Two targets compare figures that differ by less than this machine's noise, so they are measured as pairs of runs
-back to back, in random order, and reported as the median of the per-pair ratios with its middle half:
+back to back, in random order, over twice the window, and reported as the median of the per-pair ratios with
+its middle half, next to the median ratio of client CPU time per operation (less noisy: it leaves out the time a
+thread waits for the server or for a core):
 ``SELECT 1`` through syncpool against a plain LifoQueue where threads <= size, and syncpool's lease cost at pool
 size 4 against size 1024 (cheap fake clients: no server here holds 1024 connections).
 
@@ -46,6 +48,9 @@ from syncpool import Pool  # noqa: E402
 from syncpool.connectors import PostgresConnector  # noqa: E402
 
 Lease = Callable[[], AbstractContextManager[Any]]
+Results = dict[tuple[str, int, int, str], list[tuple[float, float]]]
+Paired = tuple[list[float], list[float]]  # rate ratios, CPU-per-operation ratios
+Pairs = dict[tuple[int, int], Paired]
 
 
 # -- competitors: each builds a pool of `size` connections and returns (lease, close) ---------------------------------
@@ -174,14 +179,19 @@ def run(lease: Lease, threads: int, seconds: float, select: bool) -> tuple[float
     time.sleep(min(0.1, seconds / 2))  # warm-up
     before = list(counts)
     started = time.perf_counter()
+    cpu_started = time.process_time()
     time.sleep(seconds)
     after = list(counts)
     elapsed = time.perf_counter() - started
+    last_cpu_seconds[0] = time.process_time() - cpu_started
     stop = True
     for t in workers:
         t.join()
     window = [b - a for a, b in zip(before, after, strict=True)]
     return sum(window) / elapsed, window
+
+
+last_cpu_seconds = [0.0]  # this process's CPU time (all threads) over the last run's window
 
 
 def window(args: argparse.Namespace, size: int, threads: int) -> float:
@@ -195,30 +205,30 @@ def window(args: argparse.Namespace, size: int, threads: int) -> float:
     return args.seconds * (args.contended_factor if threads > size else 1)
 
 
-def paired(first: Lease, second: Lease, threads: int, args: argparse.Namespace, select: bool) -> list[float]:
-    """Ratios of ``first``'s rate to ``second``'s, measured back to back (in random order) ``args.pairs`` times.
+def paired(first: Lease, second: Lease, threads: int, args: argparse.Namespace, select: bool) -> Paired:
+    """Compare ``first`` with ``second`` in ``args.pairs`` pairs of runs back to back, in random order.
 
-    Each ratio compares two runs a second apart, so slow drifts of a shared machine cancel out; the median of
-    the ratios is a steadier figure than a ratio of two medians taken minutes apart.
+    Returns the per-pair ratios of ``first``'s rate to ``second``'s, and of ``second``'s client CPU time per
+    operation to ``first``'s (above 1: ``first`` spends less of this process's CPU per operation). Each ratio
+    compares two runs a second apart, so slow drifts of a shared machine cancel out; the median of the ratios is
+    a steadier figure than a ratio of two medians taken minutes apart. The CPU figure is steadier still: it does
+    not count the time a thread waits for the server or for a core.
     """
-    ratios = []
+    rates, cpus = [], []
+    seconds = args.seconds * args.pair_factor
     for _ in range(args.pairs):
-        if random.random() < 0.5:
-            a, _ = run(first, threads, args.seconds, select)
-            b, _ = run(second, threads, args.seconds, select)
-        else:
-            b, _ = run(second, threads, args.seconds, select)
-            a, _ = run(first, threads, args.seconds, select)
-        ratios.append(a / b)
-    return ratios
+        figures = {}
+        for lease in random.sample([first, second], 2):
+            rate, counts = run(lease, threads, seconds, select)
+            figures[id(lease)] = rate, last_cpu_seconds[0] / max(1, sum(counts))
+        (rate_a, cpu_a), (rate_b, cpu_b) = figures[id(first)], figures[id(second)]
+        rates.append(rate_a / rate_b)
+        cpus.append(cpu_b / cpu_a)
+    return rates, cpus
 
 
 def fairness(counts: list[int]) -> float:
     return min(counts) / max(counts) if max(counts) else 0.0
-
-
-Results = dict[tuple[str, int, int, str], list[tuple[float, float]]]
-Pairs = dict[tuple[int, int], list[float]]
 
 
 def bench_postgres(dsn: str, args: argparse.Namespace) -> tuple[Results, Pairs]:
@@ -250,7 +260,7 @@ def bench_postgres(dsn: str, args: argparse.Namespace) -> tuple[Results, Pairs]:
     return results, pairs
 
 
-def bench_growth(args: argparse.Namespace) -> list[float]:
+def bench_growth(args: argparse.Namespace) -> Paired:
     """Paired ratios of syncpool's single-thread lease+return rate at size 4 to its rate at 1024 (cheap clients)."""
     pools = {size: Pool(object, min_size=size, max_size=size, name=f"growth-{size}") for size in (4, 1024)}
     try:
@@ -317,11 +327,15 @@ def report(results: Results, pairs: Pairs, growth: list[float], args: argparse.N
                 checks.append((f"contended size {size} threads {threads}: >= 1.5x psycopg_pool, fairness >= 0.9",
                                ratio >= 1.5 and fair >= 0.9, f"{ratio:.2f}x, fairness {fair:.2f}"))
             else:
-                ratios = pairs[size, threads]
+                rates, cpus = pairs[size, threads]
                 checks.append((f"SELECT 1, size {size} threads {threads}: no slower than LifoQueue",
-                               statistics.median(ratios) >= 1.0, f"{spread(ratios)} of LifoQueue's rate"))
+                               statistics.median(rates) >= 1.0,
+                               f"rate {spread(rates)}; LifoQueue's client CPU per op / syncpool's "
+                               f"{statistics.median(cpus):.2f}x"))
+    rates, cpus = growth
     checks.append(("lease cost at size 1024 within 1.2x of size 4 (rate at 4 / rate at 1024)",
-                   statistics.median(growth) <= 1.2, spread(growth)))
+                   statistics.median(rates) <= 1.2,
+                   f"{spread(rates)}; CPU per lease at 1024 / at 4 {statistics.median(cpus):.2f}x"))
     for label, ok, figure in checks:
         print(f"  [{'ok' if ok else 'MISS'}] {label}: {figure}")
     print("  (paired figures: each pair runs back to back; a middle half spanning 1.00 means the two are within "
@@ -337,7 +351,8 @@ def main() -> None:
     args = parser.parse_args()
     args.rounds = args.rounds or (3 if args.quick else 5)
     args.seconds = args.seconds or (0.2 if args.quick else 0.3)
-    args.pairs = args.pairs or (5 if args.quick else 15)
+    args.pairs = args.pairs or (5 if args.quick else 21)
+    args.pair_factor = 2  # paired runs count over twice the window
     args.contended_factor = 5
     args.sizes = [4, 16]
     args.threads = [1, 4, 16, 64]

@@ -201,8 +201,9 @@ def close_all(timeout: float = 5.0) -> None:
     """Close every registered pool and empty the registry.
 
     All pools stop leasing at once, then leases in flight get up to ``timeout`` seconds in all to come back (the
-    pools close in parallel, so the timeout is not multiplied by their number); see :meth:`Pool.close`.
-    Safe to call more than once, from any thread.
+    pools close in parallel, so the timeout is not multiplied by their number); see :meth:`Pool.close`. In an
+    ``atexit`` handler on Python 3.12, where no new thread may start, they close one after another within that
+    same overall timeout. Safe to call more than once, from any thread.
     """
     with _lock:
         pools = [entry.pool for entry in _entries.values()]
@@ -215,9 +216,17 @@ def close_all(timeout: float = 5.0) -> None:
                          daemon=True)
         for pool in pools
     ]
-    for closer in closers:
-        closer.start()
-    for closer in closers:
+    started: list[threading.Thread] = []
+    inline: list[Pool[Any]] = []
+    for pool, closer in zip(pools, closers, strict=True):
+        try:
+            closer.start()
+            started.append(closer)
+        except RuntimeError:  # in an atexit handler, Python 3.12 refuses new threads: close it here instead
+            inline.append(pool)
+    for pool in inline:
+        _close_one(pool, max(0.0, deadline - monotonic()))
+    for closer in started:
         # A little slack past the deadline for the pool's own thread joins to finish.
         closer.join(max(0.0, deadline - monotonic()) + 1.0)
 

@@ -135,7 +135,7 @@ def test_close_all_lets_leases_finish() -> None:
     def hold() -> None:
         with pool.connection():
             time.sleep(0.3)
-        returned.set()
+            returned.set()  # inside the block: after it, close_all may return before this thread runs again
 
     thread = threading.Thread(target=hold)
     thread.start()
