@@ -247,6 +247,23 @@ report_recorder_failure(TimedCall *self)
     PyErr_WriteUnraisable(self->recorder);
 }
 
+static void
+record_error(TimedCall *self, int64_t start, PyObject *error)
+{
+    /* Hand a failed call to recorder.record_error(start, error); the caller re-raises the error afterwards. */
+    PyObject *start_seconds = PyFloat_FromDouble(ns_to_seconds(start));
+    PyObject *outcome = NULL;
+
+    if (start_seconds != NULL && error != NULL) {
+        outcome = PyObject_CallMethodObjArgs(self->recorder, str_record_error, start_seconds, error, NULL);
+    }
+    if (outcome == NULL && PyErr_Occurred()) {
+        report_recorder_failure(self);
+    }
+    Py_XDECREF(outcome);
+    Py_XDECREF(start_seconds);
+}
+
 static PyObject *
 timed_call_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -261,21 +278,10 @@ timed_call_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, 
     elapsed = ns_to_seconds(end - start);
     end_seconds = ns_to_seconds(end);
     if (result == NULL) {
-        PyObject *start_seconds = PyFloat_FromDouble(ns_to_seconds(start));
 #if PY_VERSION_HEX >= 0x030C0000
         PyObject *error = PyErr_GetRaisedException();
 
-        if (start_seconds != NULL) {
-            outcome = PyObject_CallMethodObjArgs(self->recorder, str_record_error, start_seconds, error, NULL);
-        }
-        else {
-            outcome = NULL;
-        }
-        if (outcome == NULL) {
-            report_recorder_failure(self);
-        }
-        Py_XDECREF(outcome);
-        Py_XDECREF(start_seconds);
+        record_error(self, start, error);
         PyErr_SetRaisedException(error);
 #else
         PyObject *type, *value, *traceback;
@@ -285,17 +291,7 @@ timed_call_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, 
         if (traceback != NULL && value != NULL) {
             PyException_SetTraceback(value, traceback);
         }
-        if (start_seconds != NULL && value != NULL) {
-            outcome = PyObject_CallMethodObjArgs(self->recorder, str_record_error, start_seconds, value, NULL);
-        }
-        else {
-            outcome = NULL;
-        }
-        if (outcome == NULL) {
-            report_recorder_failure(self);
-        }
-        Py_XDECREF(outcome);
-        Py_XDECREF(start_seconds);
+        record_error(self, start, value);
         PyErr_Restore(type, value, traceback);
 #endif
         return NULL;
@@ -317,7 +313,7 @@ timed_call_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, 
         }
         Py_XDECREF(end_obj);
         Py_XDECREF(elapsed_obj);
-        if (outcome == NULL) {
+        if (outcome == NULL && PyErr_Occurred()) {
             report_recorder_failure(self);
         }
         Py_XDECREF(outcome);
