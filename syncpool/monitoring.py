@@ -29,7 +29,7 @@ the histogram's own bucket layout, so a fold merges counts instead of bucketing 
 free-threaded builds (it relies on the GIL) or when ``SYNCPOOL_NO_SPEEDUPS`` is set.
 
 Cost (``benchmarks/bench_monitor.py``, CPython 3.11, 2 cores): with the accelerator a monitored call adds
-about 90-130 ns, 1.4 uncontended lock acquire+release pairs, at 1 and at 8 threads. The pure-Python path adds
+about 90-130 ns, 1.4 to 1.5 uncontended lock acquire+release pairs, at 1 and at 8 threads. The pure-Python path adds
 about 400-550 ns, 6 pairs (the wrapper frame with ``*args, **kwargs`` about 1, two clock reads about 1, append
 and compare about 0.5, amortised bucketing about 2). There, ``ClientStats(latency_sample=8)`` times one call
 in eight and only counts the others, for 3.5 to 5 pairs; counts, errors and rates stay exact, latency becomes
