@@ -127,8 +127,6 @@ class Lease(Generic[T]):
 
 
 _new_lease = object.__new__
-_new_waiter = object.__new__
-_allocate_lock = threading.Lock
 
 
 class Pool(Generic[T]):
@@ -551,17 +549,13 @@ class Pool(Generic[T]):
                 not idle
                 and self._state is _OPEN
                 and self._breaker == "closed"
-                and len(self._leased) + self._connecting + self._checking >= self._max_size
+                and self._size_locked() >= self._max_size
                 and (not self._max_waiting or len(waiters) < self._max_waiting)
                 and (timeout is None or ((timeout.__class__ is float or timeout.__class__ is int) and 0 < timeout < _INF))
             ):
                 # Decide: the contended path. Every slot is taken, so there is nothing to connect and nothing
                 # to fail fast: queue at once, in this same lock hold, for a return to be handed to us.
-                waiter = _new_waiter(_Waiter)
-                waiter.wakeup = wakeup = _allocate_lock()
-                wakeup.acquire()
-                waiter.record = waiter.error = None
-                waiter.since = monotonic()
+                waiter = _Waiter(monotonic())
                 waiters.append(waiter)
         finally:
             lock.release()
