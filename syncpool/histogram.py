@@ -167,7 +167,7 @@ class Histogram:
         """
         if not values:
             return
-        counts = self._counts
+        buckets: dict[int, int] = {}
         if _LITTLE_ENDIAN:
             packed = array("d", values).tobytes()
             keys = bytearray(4 * len(values))
@@ -182,18 +182,10 @@ class Histogram:
                     index = _UNDERFLOW
                 elif index > MAX_INDEX:
                     index = MAX_INDEX
-                counts[index] = counts.get(index, 0) + n
+                buckets[index] = buckets.get(index, 0) + n  # clamping can map several keys to one bucket
         else:  # pragma: no cover - big-endian platforms
-            for index, n in Counter(map(_index, values)).items():
-                counts[index] = counts.get(index, 0) + n
-        self._count += len(values)
-        self._sum += sum(values)
-        high = max(values)
-        if high > self._max:
-            self._max = high
-        low = min(values)
-        if low < self._min:
-            self._min = low
+            buckets = dict(Counter(map(_index, values)))
+        self.add_counts(buckets, len(values), sum(values), min(values), max(values))
 
     def add_counts(self, buckets: dict[int, int], count: int, total: float, low: float, high: float) -> None:
         """Record values already bucketed elsewhere, without locking (the fold of the C accelerator's counts).
@@ -243,15 +235,7 @@ class Histogram:
             other._state()
         )  # copy first: never hold both locks (no lock-order deadlock)
         with self._lock:
-            mine = self._counts
-            for index, n in counts.items():
-                mine[index] = mine.get(index, 0) + n
-            self._count += sum(counts.values())
-            self._sum += total
-            if high > self._max:
-                self._max = high
-            if low < self._min:
-                self._min = low
+            self.add_counts(counts, sum(counts.values()), total, low, high)
 
     def reset(self) -> None:
         """Forget every recorded value; thread-safe with respect to :meth:`record`."""
