@@ -365,18 +365,14 @@ def _make_call(method: Callable[..., Any], recorder: _MethodStats) -> Callable[.
     This is the hot path; every line costs. No lock: ``append`` is atomic, ``rollover`` is read racily on
     purpose (a stale read only delays a fold by one call).
     """
-    if recorder.accumulator is not None:  # the C accelerator: the same steps, without a Python frame
-        call: Callable[..., Any] = _speedups.TimedCall(method, recorder, recorder.accumulator)
-        try:
-            functools.update_wrapper(call, method)
-        except (AttributeError, TypeError):  # pragma: no cover - exotic callables without __name__ etc.
-            call.__wrapped__ = method  # type: ignore[attr-defined]
-        return call
-
     append = recorder.pending.append
     clock = recorder.clock
 
-    if recorder.sample_every == 1:
+    call: Callable[..., Any]
+    if recorder.accumulator is not None:  # the C accelerator: the same steps, without a Python frame
+        call = _speedups.TimedCall(method, recorder, recorder.accumulator)
+
+    elif recorder.sample_every == 1:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             start = clock()
