@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 
 from syncpool import Pool, PoolError, PoolTimeout, TooManyWaiters
+from syncpool.pool import _WAKE_BUDGET
 
 from .fakes import FakeClient, FakeConnector, wait_until
 
@@ -242,6 +245,103 @@ def test_interrupted_waiter_gives_back_a_client_handed_to_it() -> None:
         assert waiter.record is not None and pool.stats()["in_use"] == 1
         pool._abandon(waiter)
         assert pool.stats()["in_use"] == 0 and pool.stats()["idle"] == 1
+
+
+def _queue_waiters(pool: Pool[FakeClient], count: int) -> list[Any]:
+    """Queue ``count`` waiters with no thread behind them, so the test plays each one's part by hand."""
+    from syncpool.pool import _Waiter
+
+    waiters = [_Waiter(time.monotonic()) for _ in range(count)]
+    with pool._lock:
+        pool._waiters.extend(waiters)
+    return waiters
+
+
+@pytest.mark.skipif(_WAKE_BUDGET != 2, reason="free-threaded build: every waiter is woken at once")
+def test_waiters_handed_a_client_are_woken_two_at_a_time_in_order() -> None:
+    """Beyond the wake budget, a waiter handed a client is woken by one that starts running, oldest first."""
+    with Pool(FakeConnector(), max_size=4) as pool:
+        held = [pool.getconn(timeout=2) for _ in range(4)]
+        first, second, third, fourth = _queue_waiters(pool, 4)
+        for client in held:
+            pool.putconn(client)
+        # Every waiter has its client (leased on its behalf, in order); only the first two were woken.
+        assert [w.record.client for w in (first, second, third, fourth)] == held
+        assert pool.stats()["in_use"] == 4 and pool.stats()["waiting"] == 0
+        assert first.wakeup.locked() is False and second.wakeup.locked() is False
+        assert third.wakeup.locked() and fourth.wakeup.locked()
+        assert list(pool._handed) == [third, fourth] and pool._waking == 2
+
+        # The first starts running: it wakes the third, the oldest still asleep.
+        assert pool._wait_for(first, 5) is first.record
+        assert not third.wakeup.locked() and list(pool._handed) == [fourth] and pool._waking == 2
+        # The fourth gives up at its timeout just then: the client handed to it is its own, and it leaves the line.
+        assert pool._wait_for(fourth, 0) is fourth.record
+        assert not pool._handed and pool._waking == 2
+        # The others run: nothing is left to wake, and the budget is free again.
+        pool._wait_for(second, 5)
+        pool._wait_for(third, 5)
+        assert pool._waking == 0
+        for waiter in (first, second, third, fourth):
+            pool.putconn(waiter.record.client)
+        assert pool.stats()["idle"] == 4
+
+
+@pytest.mark.skipif(_WAKE_BUDGET != 2, reason="free-threaded build: every waiter is woken at once")
+def test_an_interrupted_waiter_still_to_be_woken_gives_back_its_client() -> None:
+    with Pool(FakeConnector(), max_size=3) as pool:
+        held = [pool.getconn(timeout=2) for _ in range(3)]
+        first, second, third = _queue_waiters(pool, 3)
+        for client in held:
+            pool.putconn(client)
+        assert list(pool._handed) == [third]
+        pool._abandon(third)  # KeyboardInterrupt while asleep: its client goes back, to the idle stack
+        assert not pool._handed and pool._waking == 2
+        pool._abandon(first)  # and once woken: it passes its share of the budget on as it leaves
+        assert pool._waking == 1
+        pool._wait_for(second, 5)
+        assert pool._waking == 0
+        pool.putconn(second.record.client)
+        assert pool.stats()["idle"] == 3 and pool.stats()["in_use"] == 0
+
+
+def test_a_burst_of_returns_serves_every_waiter_in_order() -> None:
+    """Many clients come back at once to many queued threads: all are served, first come first served."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)  # so the returning thread keeps the GIL: woken waiters cannot run in between
+    try:
+        with Pool(FakeConnector(), max_size=8, timeout=10) as pool:
+            held = [pool.getconn() for _ in range(8)]
+            order: list[int] = []
+            served: list[object] = []
+
+            def wait_in_line(i: int) -> None:
+                client = pool.getconn()
+                order.append(i)
+                served.append(client)
+
+            threads = []
+            for i in range(24):
+                t = threading.Thread(target=wait_in_line, args=(i,))
+                t.start()
+                threads.append(t)
+                wait_until(lambda i=i: pool.stats()["waiting"] == i + 1)
+            for _ in range(3):  # three waves: each return hands a client to the oldest waiter
+                for client in held:
+                    pool.putconn(client)
+                wait_until(lambda: len(served) % 8 == 0 and len(served) > 0 and pool.stats()["in_use"] == 8)
+                held, served[:] = list(served), []
+            for t in threads:
+                t.join()
+            for client in held:
+                pool.putconn(client)
+            assert pool._waking == 0 and not pool._handed
+            assert pool.stats()["idle"] == 8 and pool.stats()["waiting"] == 0
+    finally:
+        sys.setswitchinterval(previous)
+    assert sorted(order[:8]) == list(range(8))
+    assert sorted(order[8:16]) == list(range(8, 16))
+    assert sorted(order[16:]) == list(range(16, 24))
 
 
 def test_returning_twice_or_to_the_wrong_pool_is_an_error() -> None:

@@ -91,6 +91,8 @@ class PoolMachine(RuleBasedStateMachine):
         self.pool.close(timeout=2)
         stats = self.pool.stats()
         assert stats["size"] == stats["connecting"], stats  # nothing idle or leased survives a close
+        # Every waiter handed a client was woken and passed its share of the wake budget on.
+        assert self.pool._waking == 0 and not self.pool._handed
         assert self.connector.live == 0, "a client was never closed"
 
 
