@@ -258,8 +258,10 @@ class Pool(Generic[T]):
         )
         if name is None:
             name = f"pool-{next(_pool_counter)}"
-        elif not isinstance(name, str) or not name:
-            raise TypeError(f"name must be a non-empty str, not {name!r}")
+        elif not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        elif not name:
+            raise ValueError("name must not be empty")
         if not isinstance(open, bool):
             raise TypeError(f"open must be a bool, not {type(open).__name__}")
         _check_int("num_workers", num_workers, minimum=1)
@@ -309,6 +311,7 @@ class Pool(Generic[T]):
         self._handed: deque[_Waiter] = deque()  # waiters handed a client, to be woken when one of those runs
         self._connecting = 0  # connect attempts under way or waiting out a backoff
         self._checking = 0  # clients out of the idle stack for a health check
+        self._closing = 0  # discarded clients whose Connector.close() has not returned: they still count in the size
         self._connect_failures = 0  # consecutive failed connect attempts
         self._last_connect_error: BaseException | None = None
         self._outage_since: float | None = None  # when the current run of failed connects began
@@ -401,6 +404,9 @@ class Pool(Generic[T]):
         Raises:
             PoolClosed: The pool was closed; a closed pool cannot be reopened.
         """
+        if not isinstance(wait, bool):
+            raise TypeError(f"wait must be a bool, not {type(wait).__name__}")
+        timeout = _check_seconds("timeout", timeout, allow_zero=True)
         with self._lock:
             if self._state == _CLOSED:
                 raise PoolClosed(f"pool {self.name!r} is closed and cannot be reopened")
@@ -536,6 +542,8 @@ class Pool(Generic[T]):
             AuthError: The backend refused the credentials while this caller waited.
             PoolClosed: The pool is closed, or was closed while waiting.
         """
+        if timeout is not None and (timeout.__class__ is not float or not 0.0 <= timeout < _INF):
+            timeout = _check_seconds("timeout", timeout, allow_zero=True)  # ints pass as floats; the rest raises
         served = False
         waiter: _Waiter | None = None
         # acquire/release rather than "with": measured at about 1,000 fewer CPU instructions per lock hold, a
@@ -564,7 +572,7 @@ class Pool(Generic[T]):
                 and self._breaker == "closed"
                 and self._size_locked() >= self._max_size
                 and (not self._max_waiting or len(waiters) < self._max_waiting)
-                and (timeout is None or ((timeout.__class__ is float or timeout.__class__ is int) and 0 < timeout < _INF))
+                and (timeout is None or timeout > 0)
             ):
                 # Decide: the contended path. Every slot is taken, so there is nothing to connect and nothing
                 # to fail fast: queue at once, in this same lock hold, for a return to be handed to us.
@@ -584,11 +592,7 @@ class Pool(Generic[T]):
                 record.lease_frames = _capture_frames(sys._getframe(1))
             self._emit("lease", wait=0.0)
             return record.client  # type: ignore[no-any-return]
-        if timeout is None:
-            timeout = self._timeout
-        elif timeout.__class__ is not float or not 0.0 <= timeout < _INF:
-            timeout = _check_seconds("timeout", timeout, allow_zero=True)
-        record = self._getconn_slow(timeout)
+        record = self._getconn_slow(self._timeout if timeout is None else timeout)
         if self._leak_threshold is not None:
             record.lease_frames = _capture_frames(sys._getframe(1))
         return record.client  # type: ignore[no-any-return]
@@ -743,6 +747,9 @@ class Pool(Generic[T]):
 
         Raises:
             PoolError: ``client`` is not leased from this pool (returned twice, or leased from another pool).
+                A second return is caught only while nobody has leased that client again: the pool knows clients,
+                not leases, so a stray return after someone else leased it would give their client away.
+                :meth:`connection` returns exactly once.
         """
         key = id(client)
         record = self._leased.get(key)
@@ -765,6 +772,11 @@ class Pool(Generic[T]):
                 logger.warning(
                     "pool %r: discarding a client whose reset failed: %s", self.name, _describe_error(error)
                 )
+            except BaseException:
+                # KeyboardInterrupt or SystemExit mid-reset: the client's state is unknown. Discard it (a
+                # replacement is connected) so that the slot is not lost, then let the exception go on.
+                self._discard_leased(record, "reset_failed")
+                raise
         now = monotonic()
         lock = self._lock
         lock.acquire()  # not "with": see getconn
@@ -812,7 +824,7 @@ class Pool(Generic[T]):
             self._close_clients([record], reason)
 
     def _discard_leased(self, record: _Record, reason: str) -> None:
-        """Discard a client the pool leased but never handed to its caller (it failed its check on lease)."""
+        """Discard a leased client: it failed its check on lease, or its return was interrupted mid-reset."""
         with self._lock:
             self._leased.pop(id(record.client), None)
             self._count_discards_locked(reason, 1)
@@ -931,7 +943,8 @@ class Pool(Generic[T]):
             self._pass_wake_locked()
 
     def _size_locked(self) -> int:
-        return len(self._idle) + len(self._leased) + self._connecting + self._checking
+        """Clients that exist or are being made, as counted against ``max_size``: also those being closed."""
+        return len(self._idle) + len(self._leased) + self._connecting + self._checking + self._closing
 
     def _plan_connects_locked(self) -> int:
         """Return how many connects to start now, and count them as connecting.
@@ -952,13 +965,17 @@ class Pool(Generic[T]):
         return wanted
 
     def _count_discards_locked(self, reason: str, count: int) -> None:
+        """Count ``count`` clients leaving the pool for ``reason``; each is then closed by _close_clients."""
         if count:
             self._discards[reason] += count
+            self._closing += count
 
     def _describe_locked(self) -> str:
+        closing = f" closing={self._closing}" if self._closing else ""
         return (
-            f"size={self._size_locked()} idle={len(self._idle)} in_use={len(self._leased) + self._checking} "
-            f"connecting={self._connecting} waiting={len(self._waiters)} max_size={self._max_size}"
+            f"size={self._size_locked() - self._closing} idle={len(self._idle)} "
+            f"in_use={len(self._leased) + self._checking} connecting={self._connecting}{closing} "
+            f"waiting={len(self._waiters)} max_size={self._max_size}"
         )
 
     def _set_breaker_locked(self, state: str) -> None:
@@ -1144,14 +1161,19 @@ class Pool(Generic[T]):
         return index
 
     def _close_clients(self, records: list[_Record], reason: str) -> None:
-        if records:
-            with self._lock:
-                self._indexes.difference_update(record.index for record in records)
+        """Close clients counted out by _count_discards_locked; each counts against ``max_size`` until closed."""
         for record in records:
             try:
                 self._connector.close(record.raw)
             except Exception as error:
                 logger.warning("pool %r: error closing a client: %s", self.name, _describe_error(error))
+            finally:
+                with self._lock:
+                    # Decide: the slot is free now; a caller may be waiting for it to connect.
+                    self._closing -= 1
+                    self._indexes.discard(record.index)
+                    connects = self._plan_connects_locked()
+                self._start_connects(connects)
             self._emit("discard", reason=reason)
         if records:
             logger.debug("pool %r: closed %d client(s) (%s)", self.name, len(records), reason)
@@ -1276,22 +1298,23 @@ class Pool(Generic[T]):
             if self._state != _OPEN:
                 return
             # Decide: which idle clients to retire. The stack's bottom holds the least recently used ones.
-            retire: list[_Record] = []
+            expired: list[_Record] = []
+            stale: list[_Record] = []
             keep: list[_Record] = []
             spare = len(self._idle) + len(self._leased) + self._checking - self._min_size
             for record in self._idle:
                 if record.expires <= now:
-                    retire.append(record)
-                    self._discards["lifetime"] += 1
+                    expired.append(record)
                     spare -= 1
                 elif spare > 0 and now - record.last_used >= self._max_idle:
-                    retire.append(record)
-                    self._discards["idle"] += 1
+                    stale.append(record)
                     spare -= 1
                 else:
                     keep.append(record)
-            if retire:
+            if expired or stale:
                 self._idle = keep
+                self._count_discards_locked("lifetime", len(expired))
+                self._count_discards_locked("idle", len(stale))
             if self._leak_threshold is not None:
                 for record in self._leased.values():
                     held = now - record.leased_at
@@ -1303,7 +1326,8 @@ class Pool(Generic[T]):
                 self._shrunk = False
             connects = self._plan_connects_locked()
         self._start_connects(connects)
-        self._close_clients(retire, "retired")
+        self._close_clients(expired, "lifetime")
+        self._close_clients(stale, "idle")
         for record, held in leaks:
             logger.warning(
                 "pool %r: a client has been leased for %.1fs (leak_threshold=%.3gs); possible leak, leased at:\n%s",
@@ -1436,8 +1460,9 @@ class Pool(Generic[T]):
             ``name``; ``state`` ("new", "open" or "closed"); ``size`` (clients that exist or are being created,
             always ``idle + in_use + connecting``); ``idle`` (on the idle stack); ``in_use`` (out of the idle
             stack: leased, or being health-checked); ``checking`` (of ``in_use``, how many are being checked);
-            ``connecting`` (connect attempts under way or waiting out a reconnect backoff); ``waiting`` (callers
-            queued for a client); ``min_size``; ``max_size``; ``breaker`` ("closed", "open" or "half_open").
+            ``connecting`` (connect attempts under way or waiting out a reconnect backoff); ``closing`` (discarded
+            clients whose close has not returned yet: not in ``size``, but they count against ``max_size`` until
+            closed); ``waiting`` (callers queued for a client); ``min_size``; ``max_size``; ``breaker`` ("closed", "open" or "half_open").
 
         Counters (since creation or the last :meth:`pop_stats`):
             ``leases_total`` (successful leases); ``leases_waited`` (of those, how many had to queue);
@@ -1479,11 +1504,12 @@ class Pool(Generic[T]):
         return {
             "name": self.name,
             "state": self._state,
-            "size": self._size_locked(),
+            "size": self._size_locked() - self._closing,
             "idle": len(self._idle),
             "in_use": len(self._leased) + self._checking,
             "checking": self._checking,
             "connecting": self._connecting,
+            "closing": self._closing,
             "waiting": len(self._waiters),
             "min_size": self._min_size,
             "max_size": self._max_size,
@@ -1526,6 +1552,7 @@ class Pool(Generic[T]):
         self._handed = deque()
         self._connecting = 0  # nor do the connects, retries and checks under way in the parent
         self._checking = 0
+        self._closing = 0
         self._indexes = set()
         self._retry_tokens = set()
         self._health_running = False

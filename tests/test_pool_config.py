@@ -28,7 +28,8 @@ from .fakes import FakeConnector
         ({"max_idle": -5}, ValueError, "max_idle must be > 0"),
         ({"leak_threshold": 0}, ValueError, "leak_threshold must be > 0"),
         ({"leak_threshold": math.inf}, ValueError, "leak_threshold must be finite"),
-        ({"name": ""}, TypeError, "name must be a non-empty str"),
+        ({"name": ""}, ValueError, "name must not be empty"),
+        ({"name": 7}, TypeError, "name must be a str, not int"),
         ({"open": "yes"}, TypeError, "open must be a bool"),
         ({"num_workers": 0}, ValueError, "num_workers must be >= 1"),
     ],
@@ -54,12 +55,40 @@ def test_infinite_lifetime_and_idle_are_allowed() -> None:
     assert pool.closed
 
 
-def test_lease_timeout_argument_is_validated() -> None:
-    with Pool(FakeConnector(), max_size=1) as pool:
-        with pytest.raises(ValueError, match="timeout must be >= 0"):
-            pool.getconn(timeout=-0.5)
-        with pytest.raises(ValueError, match="timeout must be finite"):
-            pool.getconn(timeout=math.inf)
+@pytest.mark.parametrize("busy", [False, True], ids=["client idle", "pool busy"])
+def test_lease_timeout_argument_is_validated(busy: bool) -> None:
+    """The same bad timeout fails the same way whether or not a client happens to be free."""
+    with Pool(FakeConnector(), min_size=1, max_size=1) as pool:
+        pool.wait(5)
+        held = pool.getconn() if busy else None
+        try:
+            for timeout, error, words in [
+                (-0.5, ValueError, "timeout must be >= 0"),
+                (math.inf, ValueError, "timeout must be finite"),
+                (math.nan, ValueError, "got NaN"),
+                ("5", TypeError, "timeout must be a number of seconds"),
+                (True, TypeError, "timeout must be a number of seconds"),
+            ]:
+                with pytest.raises(error, match=words):
+                    pool.getconn(timeout=timeout)  # type: ignore[arg-type]
+                with pytest.raises(error, match=words):
+                    with pool.connection(timeout=timeout):  # type: ignore[arg-type]
+                        pass
+            assert pool.stats()["in_use"] == (1 if busy else 0)
+        finally:
+            if held is not None:
+                pool.putconn(held)
+        pool.putconn(pool.getconn(timeout=2))  # an int is a number of seconds too
+
+
+def test_open_arguments_are_validated() -> None:
+    pool = Pool(FakeConnector(), open=False)
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        pool.open(wait=True, timeout=-1)
+    with pytest.raises(TypeError, match="wait must be a bool"):
+        pool.open(wait="yes")  # type: ignore[arg-type]
+    assert pool.stats()["state"] == "new"
+    pool.close()
 
 
 def test_a_plain_callable_is_wrapped() -> None:

@@ -344,6 +344,117 @@ def test_a_burst_of_returns_serves_every_waiter_in_order() -> None:
     assert sorted(order[16:]) == list(range(16, 24))
 
 
+def test_a_waiter_keeps_a_client_handed_over_as_its_timeout_fires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race, made certain: the hand-off lands after the waiter's wait timed out, before it takes the lock."""
+    from syncpool import pool as pool_module
+
+    class LateWakeup:
+        """A wakeup lock whose wait times out, but only after the racing return has handed the client over."""
+
+        def __init__(self, real: Any, on_timeout: Any) -> None:
+            self.real, self.on_timeout = real, on_timeout
+
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            self.on_timeout()
+            return False
+
+        def release(self) -> None:
+            self.real.release()
+
+        def locked(self) -> bool:
+            return bool(self.real.locked())
+
+    with Pool(FakeConnector(), max_size=1, timeout=5) as pool:
+        held = pool.getconn()
+        make_waiter = pool_module._Waiter.__init__
+
+        def late_waiter(waiter: Any, since: float) -> None:
+            make_waiter(waiter, since)
+            waiter.wakeup = LateWakeup(waiter.wakeup, lambda: pool.putconn(held))
+
+        monkeypatch.setattr(pool_module._Waiter, "__init__", late_waiter)
+        got = pool.getconn(timeout=0.1)
+        monkeypatch.undo()
+        assert got is held  # it kept the client handed to it, rather than time out and strand it
+        stats = pool.stats()
+        assert stats["in_use"] == 1 and stats["lease_timeouts"] == 0 and pool._waking == 0
+        pool.putconn(got)
+        assert pool.stats()["idle"] == 1
+
+
+def test_an_interrupt_during_reset_discards_the_client_and_loses_no_slot() -> None:
+    class InterruptedReset(FakeConnector):
+        armed = False
+
+        def reset(self, client: FakeClient) -> None:
+            if self.armed:
+                self.armed = False
+                raise KeyboardInterrupt  # as if Ctrl-C landed during a blocking ROLLBACK
+            super().reset(client)
+
+    connector = InterruptedReset()
+    with Pool(connector, max_size=1) as pool:
+        with pytest.raises(KeyboardInterrupt):
+            with pool.connection(timeout=2) as client:
+                connector.armed = True
+        assert client.closed
+        stats = pool.stats()
+        assert stats["in_use"] == 0 and stats["discards"]["reset_failed"] == 1
+        with pool.connection(timeout=2) as replacement:  # the slot is free: a new client is connected
+            assert replacement is not client
+
+
+def test_a_client_being_closed_still_counts_against_max_size() -> None:
+    """A slow close of a broken client must finish before its replacement connects, even with a caller waiting."""
+
+    class SlowClose(FakeConnector):
+        def close(self, client: FakeClient) -> None:
+            time.sleep(0.2)  # a session goodbye over a slow network
+            super().close(client)
+
+    connector = SlowClose()
+    with Pool(connector, min_size=1, max_size=1, timeout=5) as pool:
+        pool.wait(2)
+        client = pool.getconn()
+        served: list[FakeClient] = []
+        waiter = threading.Thread(target=lambda: served.append(pool.getconn()))
+        waiter.start()
+        wait_until(lambda: pool.stats()["waiting"] == 1)
+        client.broken = True
+        returner = threading.Thread(target=pool.putconn, args=(client,))  # closes the broken client inline
+        returner.start()
+        wait_until(lambda: pool.stats()["closing"] == 1)
+        stats = pool.stats()
+        assert stats["size"] == 0 and stats["connecting"] == 0 and stats["waiting"] == 1
+        assert "closing=1" in repr(pool)
+        returner.join()
+        waiter.join()
+        assert served and served[0] is not client and client.closed
+        assert connector.max_live == 1 and connector.max_in_flight == 1
+        assert pool.stats()["closing"] == 0
+        pool.putconn(served[0])
+
+
+def test_a_burst_while_the_pool_fills_never_creates_more_than_max_size() -> None:
+    """Connects under way count against max_size: leases arriving as the pool fills cannot add more."""
+    connector = FakeConnector(connect_delay=0.05)
+    with Pool(connector, min_size=4, max_size=4, timeout=10) as pool:
+
+        def work() -> None:
+            for _ in range(3):
+                with pool.connection():
+                    time.sleep(0.002)
+
+        threads = [threading.Thread(target=work) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert pool.stats()["leases_total"] == 60
+    assert connector.connects == 4
+    assert connector.max_in_flight <= 4
+
+
 def test_returning_twice_or_to_the_wrong_pool_is_an_error() -> None:
     with Pool(FakeConnector(), max_size=1, name="a") as a, Pool(FakeConnector(), max_size=1, name="b") as b:
         client = a.getconn(timeout=2)

@@ -89,6 +89,8 @@ def test_a_leased_client_is_never_closed_by_expiry() -> None:
 
 def test_idle_clients_above_min_size_are_retired() -> None:
     with Pool(FakeConnector(), min_size=1, max_size=3, max_idle=0.2) as pool:
+        reasons: list[str] = []
+        pool.add_listener("discard", lambda pool, reason: reasons.append(reason))
         clients = [pool.getconn(timeout=2) for _ in range(3)]
         for client in clients:
             pool.putconn(client)
@@ -96,6 +98,17 @@ def test_idle_clients_above_min_size_are_retired() -> None:
         stats = pool.stats()
         assert stats["discards"]["idle"] == 2
         assert sum(c.closed for c in clients) == 2
+        wait_until(lambda: len(reasons) == 2)
+        assert reasons == ["idle", "idle"]  # events carry the same reasons as stats()["discards"]
+
+
+def test_maintenance_retires_expired_idle_clients_as_lifetime() -> None:
+    with Pool(FakeConnector(), min_size=0, max_size=2, max_lifetime=0.2) as pool:
+        reasons: list[str] = []
+        pool.add_listener("discard", lambda pool, reason: reasons.append(reason))
+        pool.putconn(pool.getconn(timeout=2))
+        wait_until(lambda: reasons == ["lifetime"], timeout=3)
+        assert pool.stats()["discards"]["lifetime"] == 1
 
 
 def test_leak_is_reported_once_with_the_leasing_stack(caplog: pytest.LogCaptureFixture) -> None:
@@ -145,10 +158,13 @@ def test_close_fails_waiters_at_once_and_lets_leases_finish() -> None:
     held = pool.getconn()
     failures: list[BaseException] = []
 
+    failed_at: list[float] = []
+
     def wait() -> None:
         try:
             pool.getconn()
         except BaseException as error:
+            failed_at.append(time.monotonic())
             failures.append(error)
 
     waiter = threading.Thread(target=wait)
@@ -160,6 +176,7 @@ def test_close_fails_waiters_at_once_and_lets_leases_finish() -> None:
     elapsed = time.monotonic() - start
     waiter.join()
     assert isinstance(failures[0], PoolClosed)
+    assert failed_at[0] - start < 0.1  # at once, not when the lease came back at 0.2 s
     assert 0.15 < elapsed < 1.0  # waited for the lease, not the full timeout
     assert held.closed and connector.live == 0
     with pytest.raises(PoolClosed):
