@@ -51,6 +51,9 @@ _CONNINFO_ITEM = re.compile(
     r"""(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?P<value>'(?:[^'\\]|\\.)*(?:'|\\?$)|[^\s']*)"""
 )
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# libpq ends a URI's user info at the first "@" before any "/", so for it "postgresql://app:p#ss@db/x" has the
+# password "p#ss", where urlsplit() (RFC 3986) sees a host "app", a port "p" and a fragment.
+_LIBPQ_SCHEMES = frozenset({"postgresql", "postgres"})
 
 
 def is_secret_key(key: str) -> bool:
@@ -67,6 +70,9 @@ def mask_url(url: str) -> str:
     """
     if not _URL_SCHEME.match(url):
         return url
+    span = _password_span(url)
+    if span is not None:  # masked in place first, in case urlsplit() below reads the user info differently
+        url = url[: span[0]] + MASK + url[span[1] :]
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -94,20 +100,52 @@ def mask_url(url: str) -> str:
     return masked
 
 
+def _netloc_end(url: str, start: int) -> int:
+    """Return where the network location that begins at ``start`` ends: at the first "/", "?" or "#"."""
+    return min((i for i in (url.find(c, start) for c in "/?#") if i >= 0), default=len(url))
+
+
+def _password_span(url: str) -> tuple[int, int] | None:
+    """Return where the user-info password of ``url`` (a URL with a scheme) starts and ends; None if it has none.
+
+    Found by hand rather than with urlsplit(), which raises ValueError on a malformed host (a typo such as
+    ``postgresql://app:pw@[::1/x``) that a client may then echo whole in its error message. The user info is what
+    precedes the last "@" of the network location, which ends at the first "/", "?" or "#" (as for urlsplit()), or,
+    for libpq's schemes, at the first "@" before any "/" when a "?" or "#" comes first (see ``_LIBPQ_SCHEMES``).
+    """
+    start = url.index("://") + 3
+    at = url.rfind("@", start, _netloc_end(url, start))
+    if at < 0 and url[: start - 3].lower() in _LIBPQ_SCHEMES:
+        slash = url.find("/", start)
+        at = url.find("@", start, len(url) if slash < 0 else slash)
+    if at < 0:
+        return None
+    colon = url.find(":", start, at)
+    return None if colon < 0 else (colon + 1, at)
+
+
+def _url_query(url: str) -> str:
+    """Return the query of ``url`` as urlsplit() finds it, also when urlsplit() rejects the URL."""
+    try:
+        return urlsplit(url).query
+    except ValueError:
+        # Split by urlsplit()'s own rules: the network location ends at "/", "?" or "#"; the fragment goes first.
+        return url[_netloc_end(url, url.index("://") + 3) :].partition("#")[0].partition("?")[2]
+
+
 def url_secrets(url: str) -> list[str]:
-    """Return the secret values found in ``url``: its user-info password and secret query parameters."""
+    """Return the secret values found in ``url``: its user-info password and secret query parameters.
+
+    A URL too malformed for urlsplit() still yields them: the client it is meant for may echo it in an error.
+    """
     if not _URL_SCHEME.match(url):
         return []
     found: list[str] = []
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return []
-    userinfo = parts.netloc.rpartition("@")[0]
-    if ":" in userinfo:
-        raw = userinfo.split(":", 1)[1]
+    span = _password_span(url)
+    if span is not None:
+        raw = url[span[0] : span[1]]
         found.extend((raw, unquote(raw)))
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+    for key, value in parse_qsl(_url_query(url), keep_blank_values=True):
         if is_secret_key(key):
             found.append(value)
             found.append(quote(value, safe=""))

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import logging
+import traceback
+
 import pytest
 
+from syncpool import Pool, PoolTimeout
 from syncpool._secrets import (
     MASK,
     conninfo_secrets,
@@ -11,6 +15,7 @@ from syncpool._secrets import (
     mask_url,
     redact,
     scrub_exception,
+    url_secrets,
 )
 
 
@@ -111,3 +116,93 @@ def test_scrub_exception_in_place_through_the_chain() -> None:
     assert scrub_exception(error, ["hunter2"]) is error
     assert error.args == ("outer ***", 3)
     assert str(error.__cause__) == "inner ***"
+
+
+# URLs that urlsplit() rejects (an unbalanced "[", a bracketed host that is no IPv6 address, a "[" in a password), or
+# reads differently from libpq (a "#" or "?" in a password, which libpq accepts), with the secret each one holds.
+_MALFORMED = [
+    ("postgresql://app:hunter2@[127.0.0.1:1/x", "hunter2"),
+    ("postgresql://app:hunter2@[db]:5432/x", "hunter2"),
+    ("postgresql://app:hun[ter2@db/x", "hun[ter2"),
+    ("postgresql://app:hun%5Bter2@[::1/x", "hun[ter2"),
+    ("postgresql://app@[::1/x?sslmode=require&sslpassword=keypass#frag", "keypass"),
+    ("https://elastic:changeme@[es:9200/?x=1", "changeme"),
+    ("postgresql://app:hun#ter2@db/x", "hun#ter2"),
+    ("postgres://app:hun?ter2@[::1/x", "hun?ter2"),
+]
+
+
+@pytest.mark.parametrize(("url", "secret"), _MALFORMED)
+def test_secrets_of_a_malformed_url_are_still_found_and_masked(url: str, secret: str) -> None:
+    assert secret in url_secrets(url)
+    assert secret in conninfo_secrets(f"  {url} ")
+    assert secret not in mask_url(url)
+    assert secret not in redact(f'invalid URI: "{url}"', url_secrets(url))
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # Nothing secret in a malformed URL: nothing found.
+        ("postgresql://app@[::1/x", []),
+        ("postgresql://[::1/x?sslmode=require&application_name=a:b", []),
+        ("postgresql://app@[::1/x?password=", []),
+        # An "@" in the query or fragment of a URL that is not libpq's is no user info.
+        ("https://es:9200?q=a:b@c", []),
+        ("https://es:9200/#a:b@c", []),
+        ("postgresql://db/x?application_name=a:b@c", []),
+        # Well-formed URLs read as before.
+        ("postgresql://app:p%40ss@db/x?sslmode=require", ["p%40ss", "p@ss"]),
+        ("postgresql://app:a:b@db/x", ["a:b", "a:b"]),
+        ("postgresql://app:a@b@db/x", ["a@b", "a@b"]),
+        ("postgresql:///x?user=app&password=hunter2", ["hunter2", "hunter2"]),
+        ("https://es:9200/?api_key=a%20b", ["a b", "a%20b"]),
+        ("not a url password=x", []),
+    ],
+)
+def test_url_secrets_finds_no_more_than_the_secrets(url: str, expected: list[str]) -> None:
+    assert url_secrets(url) == expected
+
+
+def test_mask_url_masks_a_libpq_password_holding_a_hash_or_question_mark() -> None:
+    assert mask_url("postgresql://app:p#ss@db/x") == "postgresql://app:***@db/x"
+    assert mask_url("postgresql://app:p?ss@db/x?password=q") == "postgresql://app:***@db/x?password=***"
+    assert mask_url("postgresql://app:pa[ss@db/x") == "postgresql://app:***@db/x"
+    assert mask_url("postgresql://app:hunter2@[127.0.0.1:1/x") == "postgresql://***"
+    assert mask_url("https://es:9200?q=a:b@c") == "https://es:9200?q=a:b@c"  # not libpq's: a query
+
+
+def _error_chain_texts(error: BaseException | None) -> list[str]:
+    texts: list[str] = []
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        texts.extend((str(error), repr(error)))
+        error = error.__cause__ or error.__context__
+    return texts
+
+
+def test_a_malformed_postgres_url_leaks_its_password_nowhere(caplog: pytest.LogCaptureFixture) -> None:
+    """libpq echoes the whole URI it cannot parse; PostgresConnector must redact it even so (audit 1.1)."""
+    pytest.importorskip("psycopg")
+    from syncpool.connectors import PostgresConnector
+
+    caplog.set_level(logging.DEBUG, logger="syncpool")
+    connector = PostgresConnector("postgresql://app:hunter2@[127.0.0.1:1/x")
+    with Pool(connector, max_size=1, name="malformed", breaker_threshold=None) as pool:
+        with pytest.raises(PoolTimeout) as info:
+            pool.getconn(timeout=0.3)
+        texts = [repr(pool), str(pool.stats())]
+    error = info.value
+    assert error.__cause__ is not None and "IPv6" in str(error.__cause__)  # the error the pool saw is libpq's
+    assert MASK in str(error.__cause__)
+    texts += _error_chain_texts(error)
+    texts.append("".join(traceback.format_exception(error)))
+    formatter = logging.Formatter()
+    assert any("IPv6" in record.getMessage() for record in caplog.records)
+    for record in caplog.records:
+        texts.append(record.getMessage())
+        if record.exc_info:
+            texts.append(formatter.formatException(record.exc_info))
+    leaks = [text for text in texts if "hunter2" in text]
+    assert not leaks, leaks
