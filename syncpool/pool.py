@@ -623,56 +623,71 @@ class Pool(Generic[T]):
         expired: list[_Record] = []
         record: _Record | None = None
         probe = False
-        with self._lock:
-            # Decide: serve the newest fresh idle client unless earlier callers are queued; else join the queue.
-            while self._idle and not self._waiters:
-                candidate = self._idle.pop()
-                now = monotonic()
-                if candidate.expires <= now:
-                    expired.append(candidate)
-                    continue
-                self._lease_locked(candidate, now)
-                record = candidate
-                break
-            if record is None:
-                if self._state != _OPEN:
-                    raise PoolClosed(f"pool {self.name!r} is closed" if self._state == _CLOSED else
-                                     f"pool {self.name!r} is not open yet: call open()")
-                if self._max_waiting and len(self._waiters) >= self._max_waiting:
-                    self._too_many_waiters += 1
-                    raise TooManyWaiters(
-                        f"pool {self.name!r}: {len(self._waiters)} callers already waiting (max_waiting="
-                        f"{self._max_waiting})"
-                    )
-                if self._breaker != "closed" and self._size_locked() < self._max_size:
-                    # Decide: fail fast, unless this caller may start the one probe and wait for its outcome.
-                    # (With every slot taken, connects are not the question: wait for a return as usual.)
+        try:
+            with self._lock:
+                # Decide: serve the newest fresh idle client unless earlier callers are queued; else queue.
+                while self._idle and not self._waiters:
+                    candidate = self._idle.pop()
                     now = monotonic()
-                    if self._breaker == "half_open" or now < self._next_probe_at:
-                        self._breaker_rejections += 1
-                        raise self._unavailable_error()
-                    probe = True
-                    self._set_breaker_locked("half_open")
-                    self._next_probe_at = now + self._breaker_probe_interval
-                    if self._retry_tokens:
-                        self._retry_tokens.pop()  # the pending retry's slot becomes the probe's
-                    else:
-                        self._connecting += 1
-                waiter = _Waiter(monotonic())
-                self._waiters.append(waiter)
-            if expired:
+                    if candidate.expires <= now:
+                        expired.append(candidate)
+                        continue
+                    self._lease_locked(candidate, now)
+                    record = candidate
+                    break
+                # Counted out (and closed below) whatever this lease does next, failing fast included.
                 self._count_discards_locked("lifetime", len(expired))
-            # Growth is needed only if we queue, or replace expired clients; never while a connect is under way.
-            connects = self._plan_connects_locked() if (expired or record is None) else 0
+                waiter, probe, connects = self._queue_or_fail_locked(record, expired)
+        finally:
+            self._close_clients(expired, "lifetime")
         if probe:
             self._scheduler.submit(weak_task(self, "_connect", None))
         if connects:
             self._start_connects(connects)
-        if expired:
-            self._close_clients(expired, "lifetime")
         if record is not None:
             return record, 0.0
+        assert waiter is not None
         return self._wait_for(waiter, timeout), monotonic() - waiter.since
+
+    def _queue_or_fail_locked(
+        self, record: _Record | None, expired: list[_Record]
+    ) -> tuple[_Waiter | None, bool, int]:
+        """Queue a caller that found no client, or fail it fast; return its waiter, whether it probes, connects.
+
+        Raises:
+            PoolClosed, TooManyWaiters, PoolUnavailable: As documented on :meth:`getconn`.
+        """
+        waiter: _Waiter | None = None
+        probe = False
+        if record is None:
+            if self._state != _OPEN:
+                raise PoolClosed(f"pool {self.name!r} is closed" if self._state == _CLOSED else
+                                 f"pool {self.name!r} is not open yet: call open()")
+            if self._max_waiting and len(self._waiters) >= self._max_waiting:
+                self._too_many_waiters += 1
+                raise TooManyWaiters(
+                    f"pool {self.name!r}: {len(self._waiters)} callers already waiting (max_waiting="
+                    f"{self._max_waiting})"
+                )
+            if self._breaker != "closed" and self._size_locked() < self._max_size:
+                # Decide: fail fast, unless this caller may start the one probe and wait for its outcome.
+                # (With every slot taken, connects are not the question: wait for a return as usual.)
+                now = monotonic()
+                if self._breaker == "half_open" or now < self._next_probe_at:
+                    self._breaker_rejections += 1
+                    raise self._unavailable_error()
+                probe = True
+                self._set_breaker_locked("half_open")
+                self._next_probe_at = now + self._breaker_probe_interval
+                if self._retry_tokens:
+                    self._retry_tokens.pop()  # the pending retry's slot becomes the probe's
+                else:
+                    self._connecting += 1
+            waiter = _Waiter(monotonic())
+            self._waiters.append(waiter)
+        # Growth is needed only if we queue, or replace expired clients; never while a connect is under way.
+        connects = self._plan_connects_locked() if (expired or record is None) else 0
+        return waiter, probe, connects
 
     def run(
         self,
@@ -1011,12 +1026,19 @@ class Pool(Generic[T]):
                 self._retry_tokens.discard(token)
             if not self._connect_still_wanted_locked():
                 self._connecting -= 1
+                if self._breaker == "half_open":
+                    # The probe's caller left before it ran: back to open, so that the next lease may probe.
+                    self._set_breaker_locked("open")
                 self._changed.notify_all()
-                return
-            if self._breaker == "open":
-                self._set_breaker_locked("half_open")  # this retry is the probe
-            index = self._take_index_locked()
+                unwanted = True
+            else:
+                unwanted = False
+                if self._breaker == "open":
+                    self._set_breaker_locked("half_open")  # this retry is the probe
+                index = self._take_index_locked()
         self._flush_breaker_events()
+        if unwanted:
+            return
         started = monotonic()
         context = _member_index.set(index)
         try:
@@ -1090,6 +1112,9 @@ class Pool(Generic[T]):
                     waiter.error = self._auth_error(error)  # one instance each: tracebacks are per raise
                     waiter.wakeup.release()
                 self._waiters.clear()
+                if self._breaker == "half_open":  # the probe failed: back to open until the next probe time
+                    self._set_breaker_locked("open")
+                    self._next_probe_at = now + self._breaker_probe_interval
             elif self._breaker_threshold is not None and failures >= self._breaker_threshold:
                 self._set_breaker_locked("open")
                 self._next_probe_at = now + self._breaker_probe_interval
