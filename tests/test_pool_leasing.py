@@ -29,22 +29,27 @@ def test_lease_and_return_reuses_the_client() -> None:
     assert stats["size"] == stats["idle"] == 1
 
 
+def _burst_of_short_leases(pool: Pool[FakeClient], *, threads: int, leases: int) -> None:
+    """Start ``threads`` threads together, each taking ``leases`` short leases in a row; wait for them all."""
+    barrier = threading.Barrier(threads)
+
+    def work() -> None:
+        barrier.wait()
+        for _ in range(leases):
+            with pool.connection():
+                time.sleep(0.002)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+
+
 def test_a_burst_never_creates_more_than_max_size() -> None:
     connector = FakeConnector(connect_delay=0.02)
     with Pool(connector, max_size=4, timeout=10) as pool:
-        barrier = threading.Barrier(40)
-
-        def work() -> None:
-            barrier.wait()
-            for _ in range(5):
-                with pool.connection():
-                    time.sleep(0.002)
-
-        threads = [threading.Thread(target=work) for _ in range(40)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _burst_of_short_leases(pool, threads=40, leases=5)
         assert pool.stats()["leases_total"] == 200
     assert connector.max_in_flight <= 4
     assert connector.max_live <= 4
@@ -439,17 +444,7 @@ def test_a_burst_while_the_pool_fills_never_creates_more_than_max_size() -> None
     """Connects under way count against max_size: leases arriving as the pool fills cannot add more."""
     connector = FakeConnector(connect_delay=0.05)
     with Pool(connector, min_size=4, max_size=4, timeout=10) as pool:
-
-        def work() -> None:
-            for _ in range(3):
-                with pool.connection():
-                    time.sleep(0.002)
-
-        threads = [threading.Thread(target=work) for _ in range(20)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _burst_of_short_leases(pool, threads=20, leases=3)
         assert pool.stats()["leases_total"] == 60
     assert connector.connects == 4
     assert connector.max_in_flight <= 4
