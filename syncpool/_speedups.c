@@ -1,7 +1,7 @@
-/* Optional accelerator for syncpool.monitoring: the timed call path of MonitoredClient.
+/* Optional accelerator for two hot paths: MonitoredClient's timed call, and the lease of Pool.connection().
  *
- * syncpool works without it (pure Python, see monitoring.py); when a C compiler is at hand at install time this
- * module is built too, and exact-mode recorders use it. Two types:
+ * syncpool works without it (pure Python, see monitoring.py and pool.py); when a C compiler is at hand at install
+ * time this module is built too, and exact-mode recorders and every pool's leases use it. Three types:
  *
  * Accumulator  per-method latency counts not yet folded into the Python Histogram: count, sum, min, max and one
  *              counter per histogram bucket. The bucket index is the one histogram.py computes (the IEEE-754
@@ -10,9 +10,11 @@
  *              tuple or dict is built), reads the clock again and adds the duration to the accumulator. A call
  *              that ends at or after the accumulator's rollover, or raises, is handed to the Python recorder's
  *              record_late / record_error, exactly as the pure-Python wrapper does.
+ * Lease        syncpool.Lease, Pool.connection()'s context manager: __enter__ calls pool.getconn(timeout),
+ *              __exit__ pool.putconn(client).
  *
  * Thread safety: every access happens with the GIL held and none of them releases it, so the counters need no
- * lock. The module does not declare free-threading support; monitoring.py does not import it on such builds.
+ * lock. The module does not declare free-threading support; syncpool/_accel.py does not import it on such builds.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -20,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <structmember.h>
 
 /* The bucket layout of syncpool/histogram.py; tests check that both agree on every index. */
 #define SHIFT 46
@@ -422,6 +425,158 @@ static PyTypeObject TimedCallType = {
     .tp_new = timed_call_new,
 };
 
+/* -- Lease: the context manager of Pool.connection() ---------------------------------------------------------- */
+
+/* Lease(pool, timeout=None): __enter__ calls pool.getconn(timeout) and keeps the client; __exit__ calls
+   pool.putconn(client). That is all it does: every decision stays in pool.py. Built by vectorcall and entered and
+   left in C, it spares the three Python frames (its construction, __enter__ and __exit__) that a lease otherwise
+   costs around getconn and putconn. When this module is used, syncpool.Lease is this type; otherwise it is its
+   pure-Python twin in pool.py, which must behave the same (tests/test_lease.py runs its tests against both). */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *pool;
+    PyObject *timeout;
+    PyObject *client; /* NULL unless entered */
+} Lease;
+
+static PyObject *str_getconn;
+static PyObject *str_putconn;
+static PyObject *str_timeout;
+
+static PyObject *
+lease_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *timeout = nargs >= 2 ? args[1] : Py_None;
+    Lease *self;
+
+    if (nargs < 1 || nargs + nkw > 2) {
+        PyErr_SetString(PyExc_TypeError, "Lease(pool, timeout=None) takes a pool and an optional timeout");
+        return NULL;
+    }
+    if (nkw == 1) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, 0);
+
+        if (name != str_timeout && PyUnicode_Compare(name, str_timeout) != 0) {
+            PyErr_Format(PyExc_TypeError, "Lease() got an unexpected keyword argument %R", name);
+            return NULL;
+        }
+        timeout = args[1]; /* the keyword's value follows the one positional argument */
+    }
+    self = PyObject_GC_New(Lease, (PyTypeObject *)type);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(args[0]);
+    self->pool = args[0];
+    Py_INCREF(timeout);
+    self->timeout = timeout;
+    self->client = NULL;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static PyObject *
+lease_enter(Lease *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *args[2] = {self->pool, self->timeout};
+    PyObject *client;
+
+    if (self->client != NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "this lease is already entered: call pool.connection() again for a second client");
+        return NULL;
+    }
+    client = PyObject_VectorcallMethod(str_getconn, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (client == NULL) {
+        return NULL;
+    }
+    Py_INCREF(client);
+    self->client = client;
+    return client;
+}
+
+static PyObject *
+lease_exit(Lease *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+{
+    PyObject *call_args[2];
+    PyObject *client = self->client;
+    PyObject *outcome;
+
+    if (client == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "lease was not entered: nothing to return");
+        return NULL;
+    }
+    self->client = NULL; /* left whatever putconn does: it takes the client back or raises for good */
+    call_args[0] = self->pool;
+    call_args[1] = client;
+    outcome = PyObject_VectorcallMethod(str_putconn, call_args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(client);
+    if (outcome == NULL) {
+        return NULL;
+    }
+    Py_DECREF(outcome);
+    Py_RETURN_NONE; /* never swallows the block's exception */
+}
+
+static int
+lease_traverse(Lease *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->pool);
+    Py_VISIT(self->timeout);
+    Py_VISIT(self->client);
+    return 0;
+}
+
+static int
+lease_clear(Lease *self)
+{
+    Py_CLEAR(self->pool);
+    Py_CLEAR(self->timeout);
+    Py_CLEAR(self->client);
+    return 0;
+}
+
+static void
+lease_dealloc(Lease *self)
+{
+    PyObject_GC_UnTrack(self);
+    lease_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyMethodDef lease_methods[] = {
+    {"__enter__", (PyCFunction)lease_enter, METH_NOARGS, "Lease a client: pool.getconn(timeout)."},
+    {"__exit__", (PyCFunction)(void (*)(void))lease_exit, METH_FASTCALL,
+     "Return the client: pool.putconn(client). Never swallows an exception."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, "Lease[T], for annotations."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef lease_members[] = {
+    {"_pool", T_OBJECT, offsetof(Lease, pool), READONLY, NULL},
+    {"_timeout", T_OBJECT, offsetof(Lease, timeout), READONLY, NULL},
+    {"_client", T_OBJECT, offsetof(Lease, client), READONLY, NULL}, /* None unless entered */
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject LeaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "syncpool.Lease",
+    .tp_basicsize = sizeof(Lease),
+    .tp_dealloc = (destructor)lease_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Lease(pool, timeout=None): the context manager of Pool.connection(). __enter__ is\n"
+              "pool.getconn(timeout), __exit__ is pool.putconn(client).",
+    .tp_traverse = (traverseproc)lease_traverse,
+    .tp_clear = (inquiry)lease_clear,
+    .tp_methods = lease_methods,
+    .tp_members = lease_members,
+    .tp_vectorcall = lease_vectorcall,
+};
+
 /* -- module ---------------------------------------------------------------------------------------------------- */
 
 static PyObject *
@@ -439,41 +594,46 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "syncpool._speedups",
-    .m_doc = "Optional C accelerator for syncpool.monitoring's timed call path.",
+    .m_doc = "Optional C accelerator for MonitoredClient's timed call path and Pool.connection()'s lease.",
     .m_size = -1,
     .m_methods = module_methods,
 };
+
+static int
+add_type(PyObject *module, const char *name, PyTypeObject *type)
+{
+    Py_INCREF(type);
+    if (PyModule_AddObject(module, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
 
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     PyObject *module;
 
-    if (PyType_Ready(&AccumulatorType) < 0 || PyType_Ready(&TimedCallType) < 0) {
+    if (PyType_Ready(&AccumulatorType) < 0 || PyType_Ready(&TimedCallType) < 0 || PyType_Ready(&LeaseType) < 0) {
         return NULL;
     }
     str_record_late = PyUnicode_InternFromString("record_late");
     str_record_error = PyUnicode_InternFromString("record_error");
-    if (str_record_late == NULL || str_record_error == NULL) {
+    str_getconn = PyUnicode_InternFromString("getconn");
+    str_putconn = PyUnicode_InternFromString("putconn");
+    str_timeout = PyUnicode_InternFromString("timeout");
+    if (str_record_late == NULL || str_record_error == NULL || str_getconn == NULL || str_putconn == NULL
+        || str_timeout == NULL) {
         return NULL;
     }
     module = PyModule_Create(&speedups_module);
     if (module == NULL) {
         return NULL;
     }
-    Py_INCREF(&AccumulatorType);
-    if (PyModule_AddObject(module, "Accumulator", (PyObject *)&AccumulatorType) < 0) {
-        Py_DECREF(&AccumulatorType);
-        Py_DECREF(module);
-        return NULL;
-    }
-    Py_INCREF(&TimedCallType);
-    if (PyModule_AddObject(module, "TimedCall", (PyObject *)&TimedCallType) < 0) {
-        Py_DECREF(&TimedCallType);
-        Py_DECREF(module);
-        return NULL;
-    }
-    if (PyModule_AddIntConstant(module, "BUCKETS", NBUCKETS) < 0) {
+    if (add_type(module, "Accumulator", &AccumulatorType) < 0 || add_type(module, "TimedCall", &TimedCallType) < 0
+        || add_type(module, "Lease", &LeaseType) < 0
+        || PyModule_AddIntConstant(module, "BUCKETS", NBUCKETS) < 0) {
         Py_DECREF(module);
         return NULL;
     }

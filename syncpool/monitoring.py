@@ -66,23 +66,13 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import os
-import sysconfig
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from ._accel import speedups as _speedups
 from .histogram import Histogram
-
-_speedups: Any
-if os.environ.get("SYNCPOOL_NO_SPEEDUPS") or sysconfig.get_config_var("Py_GIL_DISABLED"):
-    _speedups = None  # asked for pure Python, or a free-threaded build: the accelerator relies on the GIL
-else:
-    try:
-        from . import _speedups
-    except ImportError:  # built without a C compiler: the pure-Python path, slower but the same behaviour
-        _speedups = None
 
 __all__ = ["ClientStats", "MonitoredClient", "monitor_of", "monitored", "unwrap"]
 

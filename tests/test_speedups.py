@@ -239,7 +239,10 @@ def test_exact_mode_with_the_default_clock_uses_the_accelerator() -> None:
 
 
 def test_syncpool_no_speedups_forces_pure_python() -> None:
-    code = "from syncpool import monitoring; print(monitoring._speedups is None)"
+    code = (
+        "import syncpool; from syncpool import monitoring, pool; "
+        "print(monitoring._speedups is None, syncpool.Lease is pool._PyLease)"
+    )
     env = {**os.environ, "SYNCPOOL_NO_SPEEDUPS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
+    assert out.stdout.strip() == "True True"
