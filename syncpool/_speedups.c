@@ -3,7 +3,8 @@
  * syncpool works without it (pure Python, see monitoring.py and pool.py); when a C compiler is at hand at install
  * time this module is built too, and exact-mode recorders and every pool's leases use it. Three types:
  *
- * Accumulator  per-method latency counts not yet folded into the Python Histogram: count, sum, min, max and one
+ * Accumulator  durations not yet folded into a Python Histogram (a monitored method's latencies, or a pool's
+ *              lease waits and uses): count, sum, min, max and one
  *              counter per histogram bucket. The bucket index is the one histogram.py computes (the IEEE-754
  *              exponent and top 6 mantissa bits of the value), so a fold is a merge of counts, not a re-bucketing.
  * TimedCall    a callable that reads the perf_counter clock, forwards its arguments unchanged (vectorcall: no
@@ -60,7 +61,7 @@ typedef struct {
     double sum;
     double min;
     double max;
-    uint32_t counts[NBUCKETS]; /* at most one 50 ms slot of calls between folds: far below 2**32 */
+    uint32_t counts[NBUCKETS]; /* folded every 50 ms slot, or every 1024 values in a pool: far below 2**32 */
 } Accumulator;
 
 static void
@@ -202,8 +203,21 @@ accumulator_get_count(Accumulator *self, void *Py_UNUSED(closure))
     return PyLong_FromSsize_t(self->count);
 }
 
+static Py_ssize_t
+accumulator_length(Accumulator *self)
+{
+    return self->count;
+}
+
+/* append() and len() let an Accumulator stand in for the list of durations the pool folds into its histograms
+   every 1024 values: the same two calls on the hot path, without Python's per-value bucketing at each fold. */
+static PySequenceMethods accumulator_as_sequence = {
+    .sq_length = (lenfunc)accumulator_length,
+};
+
 static PyMethodDef accumulator_methods[] = {
     {"add", (PyCFunction)accumulator_add_py, METH_O, "add(seconds): count one duration."},
+    {"append", (PyCFunction)accumulator_add_py, METH_O, "append(seconds): the same as add(seconds)."},
     {"drain", (PyCFunction)accumulator_drain, METH_NOARGS,
      "drain() -> (count, sum, min, max, {bucket index: n}) or None if empty; the accumulator is emptied."},
     {NULL, NULL, 0, NULL},
@@ -221,7 +235,8 @@ static PyTypeObject AccumulatorType = {
     .tp_name = "syncpool._speedups.Accumulator",
     .tp_basicsize = sizeof(Accumulator),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Latency counts of one method not yet folded into its Histogram.",
+    .tp_doc = "Durations not yet folded into a Histogram, counted in its buckets; len() is how many.",
+    .tp_as_sequence = &accumulator_as_sequence,
     .tp_new = accumulator_new,
     .tp_methods = accumulator_methods,
     .tp_getset = accumulator_getset,

@@ -187,6 +187,19 @@ class Histogram:
             buckets = dict(Counter(map(_index, values)))
         self.add_counts(buckets, len(values), sum(values), min(values), max(values))
 
+    def add_accumulated(self, accumulator: Any) -> int:
+        """Fold in and empty the counts of a C accelerator ``Accumulator`` (``syncpool._speedups``); return how many.
+
+        Without locking, like :meth:`add_many`. The drain is one C call, atomic with respect to calls adding to the
+        accumulator under the GIL.
+        """
+        drained = accumulator.drain()
+        if drained is None:
+            return 0
+        count, total, low, high, buckets = drained
+        self.add_counts(buckets, count, total, low, high)
+        return count  # type: ignore[no-any-return]
+
     def add_counts(self, buckets: dict[int, int], count: int, total: float, low: float, high: float) -> None:
         """Record values already bucketed elsewhere, without locking (the fold of the C accelerator's counts).
 

@@ -138,13 +138,8 @@ class _MethodStats:
             self._histogram.add_many(batch)
         if self.sample_every == 1:
             folded = len(batch)
-            accumulator = self.accumulator
-            if accumulator is not None:
-                drained = accumulator.drain()  # one C call: atomic with respect to the calls adding to it
-                if drained is not None:
-                    count, total, low, high, buckets = drained
-                    self._histogram.add_counts(buckets, count, total, low, high)
-                    folded += count
+            if self.accumulator is not None:
+                folded += self._histogram.add_accumulated(self.accumulator)
         else:
             calls = self.calls
             folded = len(calls)

@@ -29,6 +29,7 @@ from .scheduler import Scheduler, weak_task
 if TYPE_CHECKING:
     import tenacity  # for annotations only: tenacity is used in retry.py alone
 
+    from ._speedups import Accumulator
     from .batch import BatchResult
 
 __all__ = ["EVENTS", "Lease", "Pool"]
@@ -346,8 +347,8 @@ class Pool(Generic[T]):
         self._plain_leases = self._leak_threshold is None  # and no lease listeners: the fast path has nothing to add
         self._shrunk = False  # resize() left more clients than max_size: returns check the bound until it fits
         self._indexes: set[int] = set()  # member indexes in use, by live clients and connects under way
-        self._use_times: list[float] = []  # lease durations not yet folded into the use_time histogram
-        self._wait_times: list[float] = []  # queued lease waits not yet folded into the wait_time histogram
+        self._use_times = _pending_times()  # lease durations not yet folded into the use_time histogram
+        self._wait_times = _pending_times()  # queued lease waits not yet folded into the wait_time histogram
         self._breaker_changes: deque[str] = deque()  # breaker states to log and emit once outside the lock
         self._closed_event = threading.Event()
         self._orphans: dict[int, Any] = {}  # clients leased in the parent before a fork (only in a child)
@@ -818,8 +819,7 @@ class Pool(Generic[T]):
             use_times = self._use_times
             use_times.append(now - record.leased_at)
             if len(use_times) >= 1024:
-                self._use_hist.add_many(use_times)
-                use_times.clear()
+                _fold(use_times, self._use_hist)
             if (
                 reason is None
                 and self._state is _OPEN
@@ -942,8 +942,7 @@ class Pool(Generic[T]):
             wait_times = self._wait_times
             wait_times.append(waited)  # folded into the histogram in batches, like use times
             if len(wait_times) >= 1024:
-                self._wait_hist.add_many(wait_times)
-                wait_times.clear()
+                _fold(wait_times, self._wait_hist)
             waiter.record = record
             # Wake it now if the budget allows; else the next waiter to start running wakes it, in this order.
             if self._waking < _WAKE_BUDGET:
@@ -1476,8 +1475,8 @@ class Pool(Generic[T]):
         self._wait_hist = Histogram()
         self._use_hist = Histogram()
         self._connect_hist = Histogram()
-        self._use_times.clear()
-        self._wait_times.clear()
+        self._use_times = _pending_times()
+        self._wait_times = _pending_times()
 
     def histograms(self) -> dict[str, Histogram]:
         """Return copies of the ``wait_time``, ``use_time`` and ``connect_time`` histograms (seconds)."""
@@ -1490,12 +1489,8 @@ class Pool(Generic[T]):
             }
 
     def _flush_times_locked(self) -> None:
-        if self._use_times:
-            self._use_hist.add_many(self._use_times)
-            self._use_times.clear()
-        if self._wait_times:
-            self._wait_hist.add_many(self._wait_times)
-            self._wait_times.clear()
+        _fold(self._use_times, self._use_hist)
+        _fold(self._wait_times, self._wait_hist)
 
     def stats(self) -> dict[str, Any]:
         """Return a snapshot of the pool's gauges and counters.
@@ -1661,6 +1656,26 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool = False, allow_
     if seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value}")
     return seconds
+
+
+def _pending_times() -> list[float] | Accumulator:
+    """Durations on their way to a histogram: appended on the hot path, folded in every 1024 by :func:`_fold`.
+
+    The C accelerator's Accumulator where it is used: it counts each value straight into the histogram's buckets,
+    so a fold merges counts. A fold of a list buckets every value in Python, at about 0.13 us a value: measured at
+    a tenth of an uncontended lease+return.
+    """
+    return [] if _speedups is None else _speedups.Accumulator()
+
+
+def _fold(pending: list[float] | Accumulator, histogram: Histogram) -> None:
+    """Move the durations in ``pending`` (from :func:`_pending_times`) into ``histogram``, emptying ``pending``."""
+    if isinstance(pending, list):
+        if pending:
+            histogram.add_many(pending)
+            pending.clear()
+    else:
+        histogram.add_accumulated(pending)
 
 
 def _capture_frames(frame: FrameType | None) -> list[tuple[str, int, str]]:

@@ -23,6 +23,7 @@ from syncpool import (
     TooManyWaiters,
     errors,
 )
+from syncpool import pool as pool_module
 from syncpool.pool import EVENTS
 
 from .fakes import FakeClient, FakeConnector, wait_until
@@ -393,6 +394,55 @@ def test_every_close_is_counted_once_with_its_reason() -> None:
     assert stats["health_checks"] == {"ok": 0, "failed": 1}
     final = pool.stats()  # after close: the one idle client
     assert final["discards"]["closed"] == 1 and final["connections_discarded"] == 7 == connector.closes
+
+
+@pytest.fixture(params=["list", "accumulator"])
+def pending_times(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Durations reach the histograms through a list (pure Python) or the C accelerator's Accumulator."""
+    if request.param == "list":
+        monkeypatch.setattr(pool_module, "_speedups", None)
+    elif pool_module._speedups is None:
+        pytest.skip("syncpool._speedups is not built here")
+    return str(request.param)
+
+
+def test_use_times_reach_the_histogram_exactly_across_folds(
+    pending_times: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(pool_module, "monotonic", lambda: next(ticks) / 1000.0)  # +1 ms at every reading
+    with Pool(object, max_size=1, health_check_interval=None) as pool:
+        pool.putconn(pool.getconn(timeout=5))  # the first lease waits for the connect, reading the clock more often
+        pool.pop_stats()
+        for _ in range(2500):  # folded twice on the way (every 1024), the rest when read
+            with pool.connection(timeout=5):
+                pass
+        use = pool.stats()["use_time"]
+        assert use["count"] == 2500 and use["sum"] == pytest.approx(2.5)
+        assert use["min"] == pytest.approx(0.001) and use["max"] == pytest.approx(0.001)
+        pool.pop_stats()
+        with pool.connection(timeout=5):
+            pass
+        assert pool.stats()["use_time"]["count"] == 1
+
+
+def test_wait_times_reach_the_histogram_across_folds(pending_times: str) -> None:
+    with Pool(object, max_size=1, health_check_interval=None) as pool:
+
+        def lease_in_turns() -> None:
+            for _ in range(700):
+                with pool.connection(timeout=5):
+                    time.sleep(0)  # let the other thread queue
+
+        threads = [threading.Thread(target=lease_in_turns) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stats = pool.stats()
+    assert stats["leases_waited"] > 1024  # at least one fold on the way
+    assert stats["wait_time"]["count"] == stats["leases_waited"]
+    assert stats["wait_time"]["sum"] == pytest.approx(stats["wait_ms_total"] / 1000.0)
 
 
 def test_pop_stats_returns_and_resets_every_counter_and_keeps_the_gauges() -> None:

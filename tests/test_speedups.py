@@ -79,6 +79,21 @@ def test_drain_reports_exact_totals_and_empties() -> None:
     assert folded.snapshot() == pytest.approx(reference.snapshot())
 
 
+def test_an_accumulator_stands_in_for_a_list_of_pending_durations() -> None:
+    # The pool's hot path appends to its pending durations and folds them when len() reaches 1024.
+    accumulator = speedups.Accumulator()
+    assert len(accumulator) == 0 and not accumulator
+    values = [0.25, 1e-6, 0.003]
+    for value in values:
+        accumulator.append(value)
+    assert len(accumulator) == 3 and accumulator
+    folded, reference = Histogram(), Histogram()
+    assert folded.add_accumulated(accumulator) == 3
+    reference.add_many(values)
+    assert folded.snapshot() == pytest.approx(reference.snapshot())
+    assert len(accumulator) == 0 and folded.add_accumulated(accumulator) == 0
+
+
 def test_negative_or_nan_durations_count_as_zero() -> None:
     accumulator = speedups.Accumulator()
     accumulator.add(-1.0)
