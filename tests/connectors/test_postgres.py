@@ -15,7 +15,7 @@ import pytest
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
-from syncpool import AuthError
+from syncpool import AuthError, Pool
 from syncpool.connectors import PostgresConnector
 
 # -- without a server ------------------------------------------------------------------------------------------
@@ -210,6 +210,90 @@ def test_failed_rollback_raises_so_the_pool_discards(
         assert connector.is_broken(conn)
     finally:
         conn.close()
+
+
+# -- the pool's return path: _recycle, or is_broken then reset --------------------------------------------------
+
+
+def _leave_in(state: str, conn: Any, postgres_server: Any) -> Any:
+    """Put ``conn`` in the state a careless caller could return it in; return what must stay referenced."""
+    if state in ("INTRANS", "INERROR", "failed rollback"):
+        conn.execute("SELECT 1")
+    if state == "INERROR":
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1 / 0")
+    elif state == "ACTIVE":  # an unfinished COPY
+        copy = conn.cursor().copy("COPY (SELECT generate_series(1, 10)) TO STDOUT")
+        copy.__enter__()
+        return copy
+    elif state == "closed":
+        conn.close()
+    elif state == "failed rollback":
+        _terminate(postgres_server, conn)
+        time.sleep(0.1)
+    return None
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("path", ["recycle", "is_broken then reset"])
+@pytest.mark.parametrize(
+    ("state", "kept", "reason"),
+    [
+        ("IDLE", True, None),
+        ("INTRANS", True, None),
+        ("INERROR", True, None),
+        ("ACTIVE", False, "broken"),
+        ("closed", False, "broken"),
+        ("failed rollback", False, "reset_failed"),
+    ],
+)
+def test_a_returned_connection_meets_the_same_fate_on_both_return_paths(
+    postgres_server: Any, path: str, state: str, kept: bool, reason: str | None
+) -> None:
+    with Pool(PostgresConnector(postgres_server.dsn), max_size=1, name="fates") as pool:
+        assert pool._recycle is not None  # PostgresConnector's one-call return path is used
+        if path != "recycle":
+            pool._recycle = None
+        conn = pool.getconn(timeout=10)
+        unfinished = _leave_in(state, conn, postgres_server)
+        pool.putconn(conn)
+        stats = pool.stats()
+        assert stats["in_use"] == 0
+        if kept:
+            assert stats["idle"] == 1 and not any(stats["discards"].values())
+            assert conn.info.transaction_status == TransactionStatus.IDLE  # rolled back if it had to be
+        else:
+            assert stats["discards"][reason] == 1
+            del unfinished
+            with pool.connection(timeout=10) as replacement:
+                assert replacement is not conn
+                assert replacement.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.postgres
+def test_a_subclass_overriding_is_broken_or_reset_is_heard_on_return(postgres_server: Any) -> None:
+    calls: list[str] = []
+
+    class Picky(PostgresConnector):
+        def is_broken(self, client: Any) -> bool:
+            calls.append("is_broken")
+            return super().is_broken(client)
+
+    class Fussy(PostgresConnector):
+        def reset(self, client: Any) -> None:
+            calls.append("reset")
+            super().reset(client)
+
+    class Plain(PostgresConnector):  # overrides neither: the one-call path still applies
+        pass
+
+    for kind, heard in ((Picky, ["is_broken"]), (Fussy, ["reset"]), (Plain, [])):
+        calls.clear()
+        with Pool(kind(postgres_server.dsn), max_size=1, name=kind.__name__) as pool:
+            assert (pool._recycle is None) is bool(heard)
+            with pool.connection(timeout=10):
+                pass
+        assert calls == heard, kind.__name__
 
 
 @pytest.mark.postgres
