@@ -92,7 +92,8 @@ class _MethodStats:
 
     Exact mode (``sample_every == 1``): ``pending`` holds the duration of every successful call not yet
     folded, and counts come from it. Sampled mode: every successful call appends ``None`` to ``calls`` (the
-    exact count), and only every ``sample_every``-th call is timed into ``pending``.
+    exact count), and only every ``sample_every``-th call is timed into ``pending``; a fold takes whole
+    periods of ``calls`` only, and the remainder (fewer than ``sample_every``) is counted at collection.
     """
 
     __slots__ = (
@@ -141,8 +142,11 @@ class _MethodStats:
             if self.accumulator is not None:
                 folded += self._histogram.add_accumulated(self.accumulator)
         else:
+            # Fold whole periods only: the wrappers time a call when len(calls) is a multiple of
+            # sample_every, so the remainder stays to keep one call in sample_every timed across folds.
             calls = self.calls
             folded = len(calls)
+            folded -= folded & (self.sample_every - 1)
             del calls[:folded]
         if folded:
             self._operations += folded
@@ -189,8 +193,9 @@ class _MethodStats:
         """Fold and return (operations, latency copy, errors by type, calls in the recent window)."""
         with self._lock:
             self._fold_locked()
-            recent = sum(n for second, n in self._window.items() if second > now_second - window)
-            return self._operations, self._histogram.copy(), dict(self._errors), recent
+            unfolded = len(self.calls)  # sampled mode: calls since the last whole period, all recent
+            recent = unfolded + sum(n for second, n in self._window.items() if second > now_second - window)
+            return self._operations + unfolded, self._histogram.copy(), dict(self._errors), recent
 
     def reset(self) -> None:
         """Forget everything recorded so far."""

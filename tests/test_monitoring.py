@@ -521,6 +521,22 @@ def test_sampled_mode_single_thread_exact_ratio() -> None:
     assert stats["latency"]["count"] == 100
 
 
+def test_sampled_mode_keeps_its_ratio_across_folds() -> None:
+    # stats() folds the counted calls, and so does a timed call that ends in a new 50 ms slot; the 1-in-4
+    # phase must survive both, and no call may go uncounted in between.
+    clock = FakeClock()
+    client = MonitoredClient(FakeClient(), sink=ClientStats(latency_sample=4, clock=clock))
+    for i in range(400):
+        if i % 37 == 0:
+            clock.now += 0.06  # the next timed call ends in a later slot
+        client.get(i)
+        assert client.stats()["methods"]["get"]["operations"] == i + 1
+    stats = client.stats()["methods"]["get"]
+    assert stats["operations"] == 400
+    assert stats["latency"]["count"] == 100
+    assert stats["ops_per_sec_recent"] > 0
+
+
 @pytest.mark.parametrize("bad", [0, 3, 6, -2, 1.5])
 def test_latency_sample_must_be_power_of_two(bad: Any) -> None:
     with pytest.raises(ValueError, match="latency_sample"):
