@@ -2,6 +2,7 @@
 
 Usage::
 
+    python -m pip install -e ".[bench]"         # the competitors and the embedded PostgreSQL
     python benchmarks/bench_lease.py            # about 13 minutes
     python benchmarks/bench_lease.py --quick    # about 4 minutes, fewer rounds and pairs
 
