@@ -92,8 +92,9 @@ class _MethodStats:
 
     Exact mode (``sample_every == 1``): ``pending`` holds the duration of every successful call not yet
     folded, and counts come from it. Sampled mode: every successful call appends ``None`` to ``calls`` (the
-    exact count), and only every ``sample_every``-th call is timed into ``pending``; a fold takes whole
-    periods of ``calls`` only, and the remainder (fewer than ``sample_every``) is counted at collection.
+    exact count), and only every ``sample_every``-th call is timed into ``pending``; a fold counts every
+    entry of ``calls`` but deletes whole periods only, and ``_carried`` says how many of the entries left
+    (fewer than ``sample_every``) are already counted.
     """
 
     __slots__ = (
@@ -106,6 +107,7 @@ class _MethodStats:
         "_lock",
         "_histogram",
         "_operations",
+        "_carried",
         "_errors",
         "_window",
         "_keep",
@@ -120,6 +122,7 @@ class _MethodStats:
         self._lock = threading.Lock()
         self._histogram = Histogram()
         self._operations = 0
+        self._carried = 0
         self._errors: dict[str, int] = {}
         self._window: dict[int, int] = {}  # whole second -> calls that ended in it
         self._keep = window + 1
@@ -142,12 +145,13 @@ class _MethodStats:
             if self.accumulator is not None:
                 folded += self._histogram.add_accumulated(self.accumulator)
         else:
-            # Fold whole periods only: the wrappers time a call when len(calls) is a multiple of
-            # sample_every, so the remainder stays to keep one call in sample_every timed across folds.
+            # Count every call, but delete whole periods only: the wrappers time a call when len(calls) is a
+            # multiple of sample_every, so the counted remainder stays to keep that phase across folds.
             calls = self.calls
-            folded = len(calls)
-            folded -= folded & (self.sample_every - 1)
-            del calls[:folded]
+            length = len(calls)
+            folded = length - self._carried
+            self._carried = length & (self.sample_every - 1)
+            del calls[: length - self._carried]
         if folded:
             self._operations += folded
             second = self._slot // _SLOTS_PER_SECOND
@@ -193,9 +197,8 @@ class _MethodStats:
         """Fold and return (operations, latency copy, errors by type, calls in the recent window)."""
         with self._lock:
             self._fold_locked()
-            unfolded = len(self.calls)  # sampled mode: calls since the last whole period, all recent
-            recent = unfolded + sum(n for second, n in self._window.items() if second > now_second - window)
-            return self._operations + unfolded, self._histogram.copy(), dict(self._errors), recent
+            recent = sum(n for second, n in self._window.items() if second > now_second - window)
+            return self._operations, self._histogram.copy(), dict(self._errors), recent
 
     def reset(self) -> None:
         """Forget everything recorded so far."""
@@ -206,6 +209,7 @@ class _MethodStats:
                 self.accumulator.drain()
             self._histogram = Histogram()
             self._operations = 0
+            self._carried = 0
             self._errors = {}
             self._window = {}
 

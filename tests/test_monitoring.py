@@ -537,6 +537,25 @@ def test_sampled_mode_keeps_its_ratio_across_folds() -> None:
     assert stats["ops_per_sec_recent"] > 0
 
 
+def test_sampled_mode_calls_short_of_a_period_leave_the_recent_window() -> None:
+    # Seven calls at 1-in-8 fall short of a whole period; they still age out of the recent rate like any other.
+    clock = FakeClock()
+    client = MonitoredClient(FakeClient(), sink=ClientStats(latency_sample=8, clock=clock))
+    for i in range(7):
+        client.get(i)
+    clock.now += 1.0
+    assert client.stats()["methods"]["get"]["ops_per_sec_recent"] > 0
+    clock.now += 600
+    stats = client.stats()["methods"]["get"]
+    assert (stats["operations"], stats["ops_per_sec_recent"]) == (7, 0.0)
+    client.get(7)  # completes the period: counted once, not again for the seven before it
+    clock.now += 600
+    stats = client.stats()["methods"]["get"]
+    assert stats["operations"] == 8
+    assert stats["ops_per_sec_recent"] == 0.0
+    assert stats["latency"]["count"] == 1
+
+
 @pytest.mark.parametrize("bad", [0, 3, 6, -2, 1.5])
 def test_latency_sample_must_be_power_of_two(bad: Any) -> None:
     with pytest.raises(ValueError, match="latency_sample"):
