@@ -11,6 +11,7 @@ from .connector import CallableConnector, Connector, current_member_index
 from .errors import (
     AuthError,
     ConnectError,
+    ConnectRejected,
     PoolClosed,
     PoolError,
     PoolTimeout,
@@ -20,6 +21,7 @@ from .errors import (
 from .monitoring import ClientStats, MonitoredClient, monitored
 from .pool import Lease, Pool
 from .retry import Backoff, RetryPolicy
+from .states import BreakerState, PoolState
 
 __version__ = "0.1.0"
 
@@ -27,15 +29,18 @@ __all__ = [
     "AuthError",
     "Backoff",
     "BatchResult",
+    "BreakerState",
     "CallableConnector",
     "ClientStats",
     "ConnectError",
+    "ConnectRejected",
     "Connector",
     "Lease",
     "MonitoredClient",
     "Pool",
     "PoolClosed",
     "PoolError",
+    "PoolState",
     "PoolTimeout",
     "PoolUnavailable",
     "RetryPolicy",

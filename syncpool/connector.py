@@ -74,6 +74,18 @@ class Connector(Generic[T]):
         client that is already clean. If it raises, the client is discarded and replaced.
         """
 
+    def release(self, client: T, error: BaseException | None) -> None:
+        """End the work of a ``with pool.connection()`` block on ``client``, knowing how the block ended.
+
+        Called in the leasing thread when the block ends, before :meth:`is_broken` and :meth:`reset`: ``error`` is
+        None for a clean exit, else the :class:`Exception` the block raised (it propagates unchanged afterwards).
+        This is where a database connector commits on a clean exit and rolls back otherwise. It is not called for
+        clients returned with :meth:`Pool.putconn`, nor when the block ended by a ``BaseException`` that is not an
+        ``Exception`` (KeyboardInterrupt, SystemExit, an asynchronous timeout): such a client may have been cut off
+        mid-exchange, so the pool discards it without talking to it. If this method raises, the client is
+        discarded and the error propagates (chained to the block's own error, if any). The default does nothing.
+        """
+
     def close(self, client: T) -> None:
         """Close ``client``, releasing its sockets. Errors are logged and ignored by the pool.
 
@@ -95,6 +107,20 @@ class Connector(Generic[T]):
     def is_auth_error(self, error: BaseException) -> bool:
         """Return True if ``error``, raised by :meth:`connect`, means the credentials were refused."""
         return False
+
+    def is_permanent(self, error: BaseException) -> bool:
+        """Return True if ``error``, raised by :meth:`connect`, means no retry can succeed until something changes.
+
+        For example an unknown database. Like refused credentials (:meth:`is_auth_error`), such an error reaches
+        every waiting caller at once, as :class:`~syncpool.ConnectRejected`, instead of each caller waiting out its
+        timeout; the pool still retries in the background with its backoff. The default says False.
+        """
+        return False
+
+    def monitor_options(self) -> dict[str, Any]:
+        """Return keyword arguments for the :class:`~syncpool.MonitoredClient` a ``monitor=True`` pool wraps
+        around each client (which results to wrap too, which attributes are namespaces...). Defaults to none."""
+        return {}
 
     def is_transient(self, error: BaseException) -> bool:
         """Return True if an operation that raised ``error`` may succeed if retried on a fresh client.

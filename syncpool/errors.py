@@ -7,7 +7,8 @@ Every exception the pools raise on their own account derives from :class:`PoolEr
     │   └── PoolUnavailable  the circuit breaker is open: the backend keeps refusing connections
     ├── PoolClosed           the pool is closed (or was closed while waiting)
     ├── TooManyWaiters       the wait queue is full (``max_waiting``)
-    ├── AuthError            the backend refused our credentials (never retried)
+    ├── ConnectRejected      the backend rejected connecting for a reason retrying cannot fix (unknown database)
+    │   └── AuthError        the backend refused our credentials
     └── ConnectError         connecting failed (wraps the client's own error as ``__cause__``)
 
 Errors raised by a client inside a ``with pool.connection()`` block are never wrapped: they reach the caller as the
@@ -16,7 +17,10 @@ client raised them.
 
 from __future__ import annotations
 
-__all__ = ["AuthError", "ConnectError", "PoolClosed", "PoolError", "PoolTimeout", "PoolUnavailable", "TooManyWaiters"]
+__all__ = [
+    "AuthError", "ConnectError", "ConnectRejected", "PoolClosed", "PoolError", "PoolTimeout", "PoolUnavailable",
+    "TooManyWaiters",
+]
 
 
 class PoolError(Exception):
@@ -39,7 +43,11 @@ class TooManyWaiters(PoolError):
     """The wait queue already holds ``max_waiting`` callers."""
 
 
-class AuthError(PoolError):
+class ConnectRejected(PoolError):
+    """The backend rejected connecting for a reason retrying cannot fix; every waiting caller gets it at once."""
+
+
+class AuthError(ConnectRejected):
     """The backend refused the credentials (wrong user, password, key or token); retrying will not help."""
 
 

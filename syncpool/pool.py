@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._accel import speedups as _speedups
 from .connector import Connector, _member_index, as_connector
-from .errors import AuthError, PoolClosed, PoolError, PoolTimeout, PoolUnavailable, TooManyWaiters
+from .errors import AuthError, ConnectRejected, PoolClosed, PoolError, PoolTimeout, PoolUnavailable, TooManyWaiters
 from .histogram import Histogram
 from .monitoring import ClientStats, MonitoredClient
 from .retry import Backoff, RetryPolicy
 from .retry import run as retry_run
 from .scheduler import Scheduler, weak_task
+from .states import PoolState
 
 if TYPE_CHECKING:
     import tenacity  # for annotations only: tenacity is used in retry.py alone
@@ -48,7 +49,9 @@ _all_pools: weakref.WeakSet[Pool[Any]] = weakref.WeakSet()
 _fork_orphans: list[Any] = []
 
 # Discard reasons, as counted in ``stats()["discards"]``.
-_REASONS = ("broken", "reset_failed", "lifetime", "idle", "check_failed", "resize", "reload", "closed")
+_REASONS = (
+    "broken", "reset_failed", "interrupted", "lifetime", "idle", "check_failed", "resize", "reload", "closed",
+)
 
 #: Events a listener can subscribe to with :meth:`Pool.add_listener`, and the keyword arguments each one gets.
 EVENTS = {
@@ -153,12 +156,10 @@ class Lease(Generic[T]):
         if client is None:
             raise RuntimeError("lease was not entered: nothing to return")
         self._client = None  # left whatever putconn does: it takes the client back or raises for good
-        self._pool.putconn(client)
+        self._pool._end_lease(client, exc)
 
 
 _PyLease = Lease
-if not TYPE_CHECKING and _speedups is not None:
-    Lease = _speedups.Lease  # noqa: F811
 
 
 class Pool(Generic[T]):
@@ -466,7 +467,7 @@ class Pool(Generic[T]):
                 if len(self._idle) + len(self._leased) + self._checking >= self._min_size:
                     return
                 error = self._last_connect_error
-                if isinstance(error, AuthError):
+                if isinstance(error, ConnectRejected):
                     raise self._auth_error(error)
                 remaining = deadline - monotonic()
                 if remaining <= 0:
@@ -860,6 +861,31 @@ class Pool(Generic[T]):
             self._start_connects(connects)
             self._close_clients([record], reason)
 
+    def _end_lease(self, client: T, error: BaseException | None) -> None:
+        """Return a client at the end of a ``with pool.connection()`` block that ended with ``error``."""
+        record = self._leased.get(id(client))
+        if record is None or record.client is not client:
+            self.putconn(client)  # raises the usual error
+            return
+        if error is not None and not isinstance(error, Exception):
+            self._discard_leased(record, "interrupted")
+            return
+        try:
+            self._connector.release(record.raw, error)
+        except BaseException:
+            self._discard_leased(record, "reset_failed")
+            raise
+        self.putconn(client)
+
+    @property
+    def state(self) -> PoolState:
+        """Where the pool is in its life: new, open, closing or closed."""
+        return PoolState(self._state)
+
+    def wait_closed(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds, waking early when the pool closes; return True if it is closed."""
+        return self._closed_event.wait(timeout) or self._state == _CLOSED
+
     def _discard_leased(self, record: _Record, reason: str) -> None:
         """Discard a leased client: it failed its check on lease, or its return was interrupted mid-reset."""
         with self._lock:
@@ -1116,7 +1142,14 @@ class Pool(Generic[T]):
         return size <= self._min_size or bool(self._waiters and not self._idle)
 
     def _connect_failed(self, error: Exception, duration: float) -> None:
-        auth = isinstance(error, AuthError) or self._connector.is_auth_error(error)
+        auth = isinstance(error, ConnectRejected) or self._connector.is_auth_error(error)
+        if not auth and self._connector.is_permanent(error):
+            auth = True
+            original, error = error, ConnectRejected(
+                f"pool {self.name!r}: {self._connector.description} rejected the connection "
+                f"({_describe_error(error)})"
+            )
+            error.__cause__ = original
         wrapped = self._auth_error(error) if auth else error
         now = monotonic()
         report_outage = False
@@ -1188,10 +1221,10 @@ class Pool(Generic[T]):
             log("pool %r: circuit breaker %s", self.name, state.replace("_", "-"))
             self._emit("breaker", state=state)
 
-    def _auth_error(self, error: Exception) -> AuthError:
+    def _auth_error(self, error: Exception) -> ConnectRejected:
         """Return an AuthError for a refused connect, chaining the client's own error."""
-        if isinstance(error, AuthError):
-            wrapped = AuthError(*error.args)
+        if isinstance(error, ConnectRejected):
+            wrapped = type(error)(*error.args)
             wrapped.__cause__ = error.__cause__ or error
         else:
             wrapped = AuthError(

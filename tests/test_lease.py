@@ -1,8 +1,4 @@
-"""Pool.connection()'s context manager, in both its forms: the pure-Python Lease and the C one of _speedups.
-
-``syncpool.Lease`` is the C type where the accelerator is built, and the Python class otherwise; each test here
-runs against both (the C one is skipped where it is not built), with ``pool.connection()`` made to use it.
-"""
+"""Pool.connection()'s context manager, syncpool.Lease."""
 
 from __future__ import annotations
 
@@ -16,18 +12,10 @@ import pytest
 import syncpool
 from syncpool import Pool, PoolError, PoolTimeout
 from syncpool import pool as pool_module
-from syncpool._accel import speedups
 
 from .fakes import FakeClient, FakeConnector, wait_until
 
-LEASE_CLASSES = [
-    pytest.param(pool_module._PyLease, id="python"),
-    pytest.param(
-        getattr(speedups, "Lease", None),
-        id="c",
-        marks=pytest.mark.skipif(speedups is None, reason="syncpool._speedups is not built here"),
-    ),
-]
+LEASE_CLASSES = [pytest.param(pool_module.Lease, id="python")]
 
 
 @pytest.fixture(params=LEASE_CLASSES)
@@ -36,8 +24,8 @@ def lease_class(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     return request.param
 
 
-def test_the_public_lease_is_the_accelerated_one_where_built() -> None:
-    assert syncpool.Lease is (pool_module._PyLease if speedups is None else speedups.Lease)
+def test_the_public_lease_is_the_one_lease_class() -> None:
+    assert syncpool.Lease is pool_module.Lease
     assert syncpool.Lease[int] is not None  # usable in annotations at runtime too
 
 

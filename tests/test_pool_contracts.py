@@ -54,7 +54,8 @@ def test_the_error_tree_is_the_documented_one() -> None:
         "PoolUnavailable": "PoolTimeout",
         "PoolClosed": "PoolError",
         "TooManyWaiters": "PoolError",
-        "AuthError": "PoolError",
+        "ConnectRejected": "PoolError",
+        "AuthError": "ConnectRejected",
         "ConnectError": "PoolError",
     }
     assert sorted(tree) == sorted(errors.__all__), "every public error is in the drawn tree, and only those"
@@ -387,7 +388,8 @@ def test_every_close_is_counted_once_with_its_reason() -> None:
         wait_until(lambda: pool.stats()["idle"] == 1)
         stats = pool.stats()
     assert stats["discards"] == {
-        "broken": 1, "reset_failed": 1, "lifetime": 0, "idle": 0, "check_failed": 1, "resize": 1, "reload": 2,
+        "broken": 1, "reset_failed": 1, "interrupted": 0, "lifetime": 0, "idle": 0, "check_failed": 1, "resize": 1,
+        "reload": 2,
         "closed": 0,
     }
     assert stats["connections_discarded"] == 6

@@ -206,13 +206,17 @@ def test_broken_client_is_discarded_not_reset() -> None:
 
 
 @pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
-def test_base_exceptions_in_block_leak_nothing(exc_type: type[BaseException]) -> None:
-    with Pool(FakeConnector(), max_size=1) as pool:
+def test_base_exceptions_in_block_discard_the_client_and_leak_nothing(exc_type: type[BaseException]) -> None:
+    connector = FakeConnector()
+    with Pool(connector, max_size=1) as pool:
         with pytest.raises(exc_type):
-            with pool.connection(timeout=2):
+            with pool.connection(timeout=2) as interrupted:
                 raise exc_type()
         assert pool.stats()["in_use"] == 0
-        pool.putconn(pool.getconn(timeout=0))
+        assert pool.stats()["discards"]["interrupted"] == 1
+        wait_until(lambda: interrupted.closed)  # cut off mid-exchange, maybe: never handed out again
+        with pool.connection(timeout=2) as replacement:
+            assert replacement is not interrupted and replacement.resets == 0
 
 
 def test_keyboard_interrupt_while_waiting_leaks_nothing() -> None:
