@@ -1100,7 +1100,9 @@ class Pool(Generic[T]):
         finally:
             _member_index.reset(context)
         now = monotonic()
-        handed = client if self.client_stats is None else MonitoredClient(client, name=self.name, sink=self.client_stats)
+        handed = client if self.client_stats is None else MonitoredClient(
+            client, name=self.name, sink=self.client_stats, **self._connector.monitor_options()
+        )
         record = _Record(handed, client, index, now, now + self._max_lifetime * (1.0 - random.uniform(0.0, 0.1)))
         with self._lock:
             recovered = self._breaker != "closed" or self._outage_since is not None
