@@ -19,7 +19,8 @@ How it works:
 Hazards:
     A running ``fn`` cannot be interrupted: cancelling (first error with ``on_error="cancel"``, the deadline,
     Ctrl-C) stops new items from starting and waits for those already running, which then give their client back
-    as usual. An ``fn`` that hangs therefore holds up :func:`map_pool`; bound its I/O with client timeouts.
+    as usual. An ``fn`` that hangs therefore holds up :func:`map_pool`; bound its I/O with client timeouts. The
+    same goes for an iterable whose ``next()`` blocks: the calling thread looks at the deadline between items.
 """
 
 from __future__ import annotations
