@@ -6,7 +6,7 @@ by the connectors that use them.
 
 from __future__ import annotations
 
-from .batch import BatchResult
+from .batch import BatchError, BatchResult
 from .connector import CallableConnector, Connector, current_member_index
 from .errors import (
     AuthError,
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AuthError",
     "Backoff",
+    "BatchError",
     "BatchResult",
     "BreakerState",
     "CallableConnector",

@@ -10,14 +10,12 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import tenacity
 
-from .errors import PoolError
-
-if TYPE_CHECKING:
-    from .pool import Pool
+from .errors import PoolClosed, PoolError, PoolUnavailable
+from .protocols import PoolLike
 
 __all__ = ["NO_RETRY", "Backoff", "RetryPolicy", "run"]
 
@@ -112,7 +110,7 @@ NO_RETRY = RetryPolicy(attempts=1, deadline=None)
 
 
 def run(
-    pool: Pool[T],
+    pool: PoolLike[T],
     fn: Callable[..., R],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -122,10 +120,8 @@ def run(
 ) -> R:
     """Call ``fn(client, *args, **kwargs)`` under a lease of ``pool``, retrying as ``retry`` says.
 
-    This is :meth:`Pool.run`; see there.
+    This is :meth:`Pool.run`; see there. ``pool`` may be any :class:`~syncpool.protocols.PoolLike`.
     """
-    from .errors import PoolClosed, PoolUnavailable
-
     started = monotonic()
     if retry is None or retry is True:
         retry = RetryPolicy()
@@ -149,7 +145,7 @@ def run(
 
     def sleep(seconds: float) -> None:
         # A backoff sleep ends at once when the pool closes, instead of holding the caller hostage.
-        if pool._closed_event.wait(seconds) or pool.closed:
+        if pool.wait_closed(seconds) or pool.closed:
             raise PoolClosed(f"pool {pool.name!r} was closed while run() was waiting to retry")
 
     if isinstance(retry, RetryPolicy):
@@ -191,7 +187,7 @@ def run(
     return retrying(attempt)
 
 
-def _log_retry(pool: Pool[Any], state: tenacity.RetryCallState) -> None:
+def _log_retry(pool: PoolLike[Any], state: tenacity.RetryCallState) -> None:
     error = state.outcome.exception() if state.outcome is not None else None
     logger.info(
         "pool %r: attempt %d failed with %s; retrying in %.2fs",

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from .monitoring import unwrap
-from .pool import Pool
+from .protocols import PoolLike
 
 __all__ = ["transaction"]
 
@@ -30,14 +30,14 @@ T = TypeVar("T")
 
 
 @contextmanager
-def transaction(pool: Pool[T], timeout: float | None = None) -> Iterator[T]:
+def transaction(pool: PoolLike[T], timeout: float | None = None) -> Iterator[T]:
     """Lease a client from ``pool`` and run the ``with`` block in a transaction on it.
 
     The transaction commits when the block ends normally and rolls back when it raises; either way the client goes
     back to the pool (a connection the rollback could not clean is discarded by the connector's return checks).
 
     Args:
-        pool: The pool to lease from.
+        pool: The pool to lease from (a :class:`~syncpool.Pool`, or any :class:`~syncpool.protocols.PoolLike`).
         timeout: Seconds to wait for a client; defaults to the pool's ``timeout``.
 
     Raises:

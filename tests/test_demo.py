@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import syncpool.demo
 from syncpool.demo import DemoConfig, DemoError, format_client_stats, format_pool_stats, run_demo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,6 +113,44 @@ def test_the_demo_loads_everything_and_prints_the_tables() -> None:
         assert any(row.split()[:1] == [pool] for row in out.splitlines())
     assert "put_object" in out and "execute" in out and "index" in out
     _no_traceback(result)
+
+
+@pytest.mark.postgres
+@pytest.mark.s3
+@pytest.mark.elasticsearch
+def test_a_store_with_failures_is_reported_and_the_others_still_load(
+    postgres_server: Any, s3_server: Any, elasticsearch_node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    password = postgres_server.password
+    real_index = syncpool.demo._index_document
+
+    def index_or_fail(es: Any, order: dict[str, Any]) -> None:
+        if order["order_id"] in (3, 9):
+            raise ValueError(f"rejected order {order['order_id']} (password={password})")
+        real_index(es, order)
+
+    monkeypatch.setattr(syncpool.demo, "_index_document", index_or_fail)
+    credentials = s3_server.client_kwargs()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", credentials.get("aws_access_key_id", "testing"))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", credentials.get("aws_secret_access_key", "testing"))
+    monkeypatch.setenv("AWS_DEFAULT_REGION", credentials.get("region_name") or "us-east-1")
+    out, err = io.StringIO(), io.StringIO()
+    config = DemoConfig(
+        records=20, workers=2, postgres=postgres_server.dsn, s3_endpoint=s3_server.endpoint_url,
+        elasticsearch=elasticsearch_node.url, bucket="syncpool-demo-failures",
+    )
+    assert run_demo(config, out=out, err=err) == 1
+    lines = err.getvalue().splitlines()
+    assert any(line.split()[:4] == ["postgres", "20", "ok,", "0"] for line in lines), lines
+    assert any(line.split()[:4] == ["s3", "20", "ok,", "0"] for line in lines), lines
+    assert any(line.split()[:4] == ["elasticsearch", "18", "ok,", "2"] for line in lines), lines
+    assert any(
+        line.split(None, 1)[1] == "pool 'elasticsearch': 2 of 20 items failed (18 succeeded); first failure at "
+        "index 2: ValueError: rejected order 3 (password=***)"
+        for line in lines if line.strip().startswith("elasticsearch")
+    ), lines
+    assert lines[-1] == "error: some orders did not arrive (see above)"
+    assert password not in out.getvalue() + err.getvalue()
 
 
 def test_tables_format_stats() -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 import tenacity
 
-from syncpool import Backoff, Pool, PoolClosed
+from syncpool import Backoff, Pool, PoolClosed, retry
 from syncpool.retry import RetryPolicy
 
 from .fakes import FakeClient, FakeConnector
@@ -119,3 +120,54 @@ def test_bad_retry_argument_is_refused() -> None:
         pool.run(lambda client: None, retry=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="attempts"):
         RetryPolicy(attempts=0)
+
+
+class PoolLikeView:
+    """Only what :class:`syncpool.protocols.PoolLike` promises, backed by a real pool (no ``_closed_event``)."""
+
+    def __init__(self, pool: Pool[Any]) -> None:
+        self._pool = pool
+        self.name, self.max_size, self.timeout, self.connector = pool.name, pool.max_size, pool.timeout, pool.connector
+        self.waits: list[float] = []
+
+    @property
+    def closed(self) -> bool:
+        return self._pool.closed
+
+    def connection(self, timeout: float | None = None) -> Any:
+        return self._pool.connection(timeout)
+
+    def wait_closed(self, timeout: float) -> bool:
+        self.waits.append(timeout)
+        return self._pool.wait_closed(timeout)
+
+
+def test_retry_run_needs_only_a_pool_like() -> None:
+    calls = 0
+
+    def flaky(client: FakeClient, value: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ConnectionResetError("reset")
+        return value
+
+    with Pool(FlakyConnector(), max_size=1) as pool:
+        view = PoolLikeView(pool)
+        policy = RetryPolicy(attempts=3, backoff=Backoff(initial=0.01, maximum=0.01))
+        assert retry.run(view, flaky, (7,), {}, retry=policy, deadline=None) == 7
+    assert calls == 3 and len(view.waits) == 2  # each backoff slept through wait_closed()
+
+
+def test_a_pool_like_closing_ends_the_backoff() -> None:
+    pool = Pool(FlakyConnector(), max_size=1)
+    view = PoolLikeView(pool)
+
+    def down(client: FakeClient) -> None:
+        raise ConnectionError("down")
+
+    threading.Timer(0.1, pool.close).start()
+    with pytest.raises(PoolClosed, match="closed while run\\(\\) was waiting to retry"):
+        retry.run(view, down, (), {}, retry=RetryPolicy(attempts=5, backoff=Backoff(initial=30.0, maximum=30.0)),
+                  deadline=None)
+    assert view.waits and view.waits[0] > 20  # it was in a long backoff, and the close ended it

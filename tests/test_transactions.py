@@ -91,3 +91,33 @@ def test_client_without_transactions_is_refused() -> None:
         with pytest.raises(TypeError, match="no transaction"), transaction(pool):
             pass
         assert pool.stats()["in_use"] == 0
+
+
+class LeaseOnly:
+    """A pool-like object with nothing but a name and ``connection()``: all that transaction() uses."""
+
+    def __init__(self, pool: Pool[Any]) -> None:
+        self._pool = pool
+        self.name = "lease-only"
+
+    def connection(self, timeout: float | None = None) -> Any:
+        return self._pool.connection(timeout)
+
+
+def test_any_pool_like_can_run_a_transaction(tmp_path: Path) -> None:
+    database = tmp_path / "like.db"
+    with Pool(SQLiteConnector(database), max_size=1, name="tx-like") as pool:
+        with pool.connection() as conn:
+            conn.execute("CREATE TABLE t (id int)")
+            conn.commit()
+        with transaction(LeaseOnly(pool)) as conn:  # type: ignore[arg-type]
+            conn.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(Boom), transaction(LeaseOnly(pool)) as conn:  # type: ignore[arg-type]
+            conn.execute("INSERT INTO t VALUES (2)")
+            raise Boom
+        with pool.connection() as conn:
+            assert conn.execute("SELECT id FROM t").fetchall() == [(1,)]
+    with Pool(object, max_size=1) as plain:
+        with pytest.raises(TypeError, match="pool 'lease-only'"), transaction(LeaseOnly(plain)):  # type: ignore[arg-type]
+            pass
+        assert plain.stats()["in_use"] == 0
