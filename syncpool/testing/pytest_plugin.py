@@ -12,9 +12,9 @@ Fixtures:
 - ``pgbouncer_server``: a running :class:`~syncpool.testing.PgBouncerServer` in front of ``postgres_server``, in the
   pool mode named by the ``pgbouncer_mode`` fixture (``"transaction"``; parametrize ``pgbouncer_mode`` to get
   ``"session"``), with :data:`PGBOUNCER_POOL_SIZES` server connections. One bouncer per mode, per session and per
-  xdist worker, started at the first test that asks for it. On a managed server it logs in as its own role
-  (``syncpool_bouncer``, not a superuser), so ``pg_stat_activity`` rows of that role are the bouncer's server
-  connections. Tests are skipped when the ``pgbouncer`` binary is missing.
+  xdist worker, started at the first test that asks for it. On a managed server each bouncer logs in as a role of
+  its own (``syncpool_bouncer_<mode>``, not a superuser), so the ``pg_stat_activity`` rows of ``bouncer.user`` are
+  that bouncer's server connections. Tests are skipped when the ``pgbouncer`` binary is missing.
 
 Servers start lazily (only when a test asks) under a per-worker directory from ``tmp_path_factory`` and stop at the
 end of the session; an :mod:`atexit` hook also stops PostgreSQL when the run is interrupted.
@@ -57,8 +57,8 @@ __all__ = [
 #: ``default_pool_size`` of the fixtures' bouncers, by pool mode. In session mode a server connection serves one
 #: client connection for its whole life, so the pool must cover every client the test opens at once.
 PGBOUNCER_POOL_SIZES = {"transaction": 4, "session": 8}
-#: Role the fixtures' bouncers log in as on a managed PostgreSQL server.
-PGBOUNCER_ROLE = "syncpool_bouncer"
+#: Prefix of the roles the fixtures' bouncers log in as on a managed PostgreSQL server (the mode follows).
+PGBOUNCER_ROLE_PREFIX = "syncpool_bouncer_"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -226,7 +226,7 @@ def pgbouncer_server(
     postgres = _syncpool_postgres_session.start()
     bouncer = _syncpool_pgbouncer_sessions.get(pgbouncer_mode)
     if bouncer is None:
-        user, password = _pgbouncer_role(postgres, _syncpool_pgbouncer_sessions)
+        user, password = _pgbouncer_role(postgres, pgbouncer_mode)
         bouncer = PgBouncerServer(
             postgres,
             user=user,
@@ -239,20 +239,16 @@ def pgbouncer_server(
     return bouncer.start()
 
 
-def _pgbouncer_role(
-    postgres: PostgresServer | ExternalPostgres, bouncers: dict[str, PgBouncerServer]
-) -> tuple[str, str]:
-    """The role and password the session's bouncers use: their own role on a managed server, else the server's."""
-    for bouncer in bouncers.values():
-        return bouncer.user, bouncer.password
+def _pgbouncer_role(postgres: PostgresServer | ExternalPostgres, mode: str) -> tuple[str, str]:
+    """The role and password a bouncer uses: a role per mode on a managed server, else the server's own."""
     if isinstance(postgres, ExternalPostgres):
         return postgres.user, postgres.password
     import secrets
 
-    password = secrets.token_urlsafe(18)
-    if postgres.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PGBOUNCER_ROLE,)):
+    role, password = PGBOUNCER_ROLE_PREFIX + mode, secrets.token_urlsafe(18)
+    if postgres.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)):
         # A utility statement takes no bound parameters: the password goes in as a quoted literal.
-        postgres.execute(f"ALTER ROLE {PGBOUNCER_ROLE} PASSWORD {_quote_literal(password)}")
+        postgres.execute(f"ALTER ROLE {role} PASSWORD {_quote_literal(password)}")
     else:
-        postgres.create_role(PGBOUNCER_ROLE, password)
-    return PGBOUNCER_ROLE, password
+        postgres.create_role(role, password)
+    return role, password
