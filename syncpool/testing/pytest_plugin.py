@@ -197,8 +197,11 @@ def require_pgbouncer() -> str:
 
 
 @pytest.fixture(scope="session")
-def _syncpool_pgbouncer_sessions() -> Iterator[dict[str, PgBouncerServer]]:
-    """The bouncers started so far in this session (so in this xdist worker), by pool mode; closed at the end."""
+def _syncpool_pgbouncer_sessions(
+    _syncpool_postgres_session: PostgresServer | ExternalPostgres,
+) -> Iterator[dict[str, PgBouncerServer]]:
+    """The bouncers started so far in this session (so in this xdist worker), by pool mode; closed at the end,
+    before the PostgreSQL server they stand in front of."""
     bouncers: dict[str, PgBouncerServer] = {}
     try:
         yield bouncers
