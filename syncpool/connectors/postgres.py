@@ -78,14 +78,15 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             (40P01) as transient, i.e. whether a retried unit of work is a whole transaction. Defaults to False.
         connection_class: A ``psycopg.Connection`` subclass whose ``connect()`` makes the connections. Defaults to
             ``psycopg.Connection``.
-        pgbouncer: Whether the connections go through PgBouncer (or a pooler like it) in transaction or statement
-            pooling mode, where consecutive transactions of one connection may run on different server sessions.
-            Then psycopg prepares no statement on the server (``prepare_threshold=None``, unless given explicitly,
-            for PgBouncer 1.22+ with ``max_prepared_statements`` and libpq 17+), and :meth:`check` never prepares
-            its query. Returns still only roll back (no ``DISCARD ALL``: the bouncer resets server sessions itself).
-            Session-level state (``SET``, advisory locks, ``LISTEN``, ``WITH HOLD`` cursors, temporary tables) does
-            not survive the transaction that made it, ``configure`` included: see the "Behind PgBouncer" section of
-            the PostgreSQL guide. Harmless in session pooling mode. Defaults to False.
+        pgbouncer: Whether the connections go through PgBouncer (or a pooler like it). In its transaction and
+            statement pooling modes, consecutive transactions of one connection may run in different server
+            sessions, so psycopg then prepares no statement on the server (``prepare_threshold=None``, unless given
+            explicitly, for PgBouncer 1.22+ with ``max_prepared_statements`` and libpq 17+), :meth:`check` never
+            prepares its query, and PgBouncer's own login refusals raise :class:`~syncpool.AuthError`. Returns
+            still only roll back (no ``DISCARD ALL``: PgBouncer resets server sessions itself). Session-level state
+            (``SET``, advisory locks, ``LISTEN``, ``WITH HOLD`` cursors, temporary tables) does not outlive the
+            transaction that made it, in ``configure`` too: see "Behind PgBouncer" in the PostgreSQL guide. In
+            session pooling mode it is not needed, and costs only psycopg's prepared statements. Defaults to False.
         connect_kwargs: Passed to ``psycopg.connect``. libpq parameters (``password``, ``host``...) may be
             zero-argument callables, resolved at every connect; psycopg's own options (``autocommit``,
             ``row_factory``, ``prepare_threshold``...) are passed as they are. ``connect_timeout`` defaults to 10

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -181,6 +182,7 @@ class PgBouncerServer(_Addresses):
         self.port = port
         self._binary = os.fspath(binary) if binary is not None else None
         self._dir: Path | None = None
+        self._remove_dir: weakref.finalize[Any, Any] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._lock = threading.RLock()
@@ -230,6 +232,8 @@ class PgBouncerServer(_Addresses):
     def _write_files(self, port: int) -> None:
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="syncpool-pgbouncer-", dir=_scratch_root()))
+            # A bouncer stopped but never closed still leaves no directory behind (at collection or exit).
+            self._remove_dir = weakref.finalize(self, shutil.rmtree, self._dir, True)
         auth_file = self._dir / "userlist.txt"
         # Created 0600 before the secret goes in, so that it is never readable by others, even for an instant.
         descriptor = os.open(auth_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -365,9 +369,10 @@ class PgBouncerServer(_Addresses):
             try:
                 self.stop("fast")
             finally:
-                if self._dir is not None:
-                    shutil.rmtree(self._dir, ignore_errors=True)
-                    self._dir = None
+                if self._remove_dir is not None:
+                    self._remove_dir()
+                    self._remove_dir = None
+                self._dir = None
 
     def __enter__(self) -> PgBouncerServer:
         return self.start()
