@@ -42,6 +42,9 @@ _AUTH_MESSAGES = (
     "is not permitted to log in",
     "permission denied for database",
 )
+# PgBouncer checks SCRAM logins itself and says only this (PgBouncer 1.18); a refusal by the server behind it is
+# passed on in PostgreSQL's words.
+_PGBOUNCER_AUTH_MESSAGES = ("sasl authentication failed",)
 _AUTH_SQLSTATES = frozenset({"28000", "28P01"})  # invalid_authorization_specification, invalid_password
 _SERIALIZATION_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 
@@ -75,6 +78,15 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             (40P01) as transient, i.e. whether a retried unit of work is a whole transaction. Defaults to False.
         connection_class: A ``psycopg.Connection`` subclass whose ``connect()`` makes the connections. Defaults to
             ``psycopg.Connection``.
+        pgbouncer: Whether the connections go through PgBouncer (or a pooler like it). In its transaction and
+            statement pooling modes, consecutive transactions of one connection may run in different server
+            sessions, so psycopg then prepares no statement on the server (``prepare_threshold=None``, unless given
+            explicitly, for PgBouncer 1.22+ with ``max_prepared_statements`` and libpq 17+), :meth:`check` never
+            prepares its query, and PgBouncer's own login refusals raise :class:`~syncpool.AuthError`. Returns
+            still only roll back (no ``DISCARD ALL``: PgBouncer resets server sessions itself). Session-level state
+            (``SET``, advisory locks, ``LISTEN``, ``WITH HOLD`` cursors, temporary tables) does not outlive the
+            transaction that made it, in ``configure`` too: see "Behind PgBouncer" in the PostgreSQL guide. In
+            session pooling mode it is not needed, and costs only psycopg's prepared statements. Defaults to False.
         connect_kwargs: Passed to ``psycopg.connect``. libpq parameters (``password``, ``host``...) may be
             zero-argument callables, resolved at every connect; psycopg's own options (``autocommit``,
             ``row_factory``, ``prepare_threshold``...) are passed as they are. ``connect_timeout`` defaults to 10
@@ -93,6 +105,7 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         check_timeout: float = 5.0,
         retry_serialization: bool = False,
         connection_class: type[psycopg.Connection[Any]] | None = None,
+        pgbouncer: bool = False,
         **connect_kwargs: Any,
     ) -> None:
         if not (isinstance(conninfo, str) or callable(conninfo)):
@@ -103,12 +116,22 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             raise ValueError(f"check_timeout must be positive, got {check_timeout!r}")
         if configure is not None and not callable(configure):
             raise TypeError("configure must be a callable taking the new connection")
+        if not isinstance(pgbouncer, bool):
+            raise TypeError(f"pgbouncer must be True or False, not {type(pgbouncer).__name__}")
+        if pgbouncer:
+            # A statement prepared in one transaction lives in that server session only: the next transaction may
+            # run in another one (where the name is unknown) while another client's statement of the same name
+            # lands in this one (DuplicatePreparedStatement). psycopg prepares a query after 5 executions.
+            connect_kwargs.setdefault("prepare_threshold", None)
         self._conninfo = conninfo
         self._configure = configure
         self.check_timeout = check_timeout
         self.retry_serialization = retry_serialization
         self._connect_kwargs = connect_kwargs
         self._connection_class = connection_class
+        self.pgbouncer = pgbouncer
+        # check()'s SELECT 1 runs every health pass: psycopg would prepare it like any query run often enough.
+        self._check_prepare: bool | None = False if pgbouncer else None
         self.description = self._describe()
 
     def _describe(self) -> str:
@@ -215,7 +238,9 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         """Run ``SELECT 1``, giving up after ``check_timeout`` seconds.
 
         Called on idle connections only. The query runs in autocommit mode (switched locally, without a round
-        trip) so that no transaction is opened and the connection is left idle. When the server does not answer
+        trip) so that no transaction is opened and the connection is left idle; with ``pgbouncer=True`` it is never
+        prepared, and it is a transaction of its own, so the bouncer lends it a server connection for that one
+        statement (the wait for one counts against ``check_timeout``). When the server does not answer
         in time (a hung backend, a silently dropped network), the socket is shut down to unblock the wait, which
         leaves the connection broken, and :class:`TimeoutError` is raised: the pool discards the connection.
         """
@@ -237,7 +262,7 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             if not autocommit:
                 client.autocommit = True
             try:
-                client.execute("SELECT 1").fetchone()
+                client.execute("SELECT 1", prepare=self._check_prepare).fetchone()
             finally:
                 if not autocommit and not client.closed and not client.broken:
                     client.autocommit = False
@@ -320,7 +345,8 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             os.close(devnull)
 
     def is_auth_error(self, error: BaseException) -> bool:
-        """True for a refused role or password: SQLSTATE 28000/28P01, or the matching connect-time message."""
+        """True for a refused role or password: SQLSTATE 28000/28P01, or the matching connect-time message (with
+        ``pgbouncer=True``, PgBouncer's own as well)."""
         try:
             import psycopg
         except ImportError:  # pragma: no cover - psycopg missing: the error cannot be one of its
@@ -331,7 +357,8 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             return True
         if isinstance(error, psycopg.OperationalError) and error.sqlstate is None:
             message = str(error).lower()
-            return any(fragment in message for fragment in _AUTH_MESSAGES)
+            fragments = _AUTH_MESSAGES + _PGBOUNCER_AUTH_MESSAGES if self.pgbouncer else _AUTH_MESSAGES
+            return any(fragment in message for fragment in fragments)
         return False
 
     def is_transient(self, error: BaseException) -> bool:

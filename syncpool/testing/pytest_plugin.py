@@ -9,6 +9,12 @@ Fixtures:
   with authentication off at the start of every test. Indices are kept between tests: use unique names.
 - ``fault_proxy``: a factory, ``fault_proxy(host, port) -> FaultProxy`` (started); every proxy made by a test is
   closed when it ends.
+- ``pgbouncer_server``: a running :class:`~syncpool.testing.PgBouncerServer` in front of ``postgres_server``, in the
+  pool mode named by the ``pgbouncer_mode`` fixture (``"transaction"``; parametrize ``pgbouncer_mode`` to get
+  ``"session"``), with :data:`PGBOUNCER_POOL_SIZES` server connections. One bouncer per mode, per session and per
+  xdist worker, started at the first test that asks for it. On a managed server each bouncer logs in as a role of
+  its own (``syncpool_bouncer_<mode>``, not a superuser), so the ``pg_stat_activity`` rows of ``bouncer.user`` are
+  that bouncer's server connections. Tests are skipped when the ``pgbouncer`` binary is missing.
 
 Servers start lazily (only when a test asks) under a per-worker directory from ``tmp_path_factory`` and stop at the
 end of the session; an :mod:`atexit` hook also stops PostgreSQL when the run is interrupted.
@@ -32,16 +38,27 @@ import pytest
 
 from .elasticsearch import ElasticsearchNode, ExternalElasticsearch
 from .external import ENV_VARS, NotSupportedExternally, external_override
-from .postgres import ExternalPostgres, PostgresServer, _run_as
+from .pgbouncer import INSTALL_HINT, PgBouncerServer, find_pgbouncer
+from .postgres import ExternalPostgres, PostgresServer, _quote_literal, _run_as
 from .proxy import FaultProxy
 from .s3 import ExternalS3, RefusingS3Endpoint, S3Server
 
 __all__ = [
+    "PGBOUNCER_POOL_SIZES",
     "elasticsearch_node",
     "fault_proxy",
+    "pgbouncer_mode",
+    "pgbouncer_server",
     "postgres_server",
+    "require_pgbouncer",
     "s3_server",
 ]
+
+#: ``default_pool_size`` of the fixtures' bouncers, by pool mode. In session mode a server connection serves one
+#: client connection for its whole life, so the pool must cover every client the test opens at once.
+PGBOUNCER_POOL_SIZES = {"transaction": 4, "session": 8}
+#: Prefix of the roles the fixtures' bouncers log in as on a managed PostgreSQL server (the mode follows).
+PGBOUNCER_ROLE_PREFIX = "syncpool_bouncer_"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -169,3 +186,72 @@ def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+def require_pgbouncer() -> str:
+    """Return the path of the ``pgbouncer`` binary, or skip the calling test with :data:`INSTALL_HINT`."""
+    binary = find_pgbouncer()
+    if binary is None:
+        pytest.skip(INSTALL_HINT)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def _syncpool_pgbouncer_sessions(
+    _syncpool_postgres_session: PostgresServer | ExternalPostgres,
+) -> Iterator[dict[str, PgBouncerServer]]:
+    """The bouncers started so far in this session (so in this xdist worker), by pool mode; closed at the end,
+    before the PostgreSQL server they stand in front of."""
+    bouncers: dict[str, PgBouncerServer] = {}
+    try:
+        yield bouncers
+    finally:
+        for bouncer in bouncers.values():
+            bouncer.close()
+
+
+@pytest.fixture
+def pgbouncer_mode() -> str:
+    """Pool mode of ``pgbouncer_server``: ``"transaction"``. Parametrize it to choose: the bouncers are kept per mode."""
+    return "transaction"
+
+
+@pytest.fixture
+def pgbouncer_server(
+    pgbouncer_mode: str,
+    _syncpool_pgbouncer_sessions: dict[str, PgBouncerServer],
+    _syncpool_postgres_session: PostgresServer | ExternalPostgres,
+) -> PgBouncerServer:
+    """A running PgBouncer in ``pgbouncer_mode`` in front of ``postgres_server`` (both restarted if stopped)."""
+    binary = require_pgbouncer()
+    if pgbouncer_mode not in PGBOUNCER_POOL_SIZES:
+        raise ValueError(f"pgbouncer_mode must be one of {sorted(PGBOUNCER_POOL_SIZES)}, not {pgbouncer_mode!r}")
+    postgres = _syncpool_postgres_session.start()
+    bouncer = _syncpool_pgbouncer_sessions.get(pgbouncer_mode)
+    if bouncer is None:
+        user, password = _pgbouncer_role(postgres, pgbouncer_mode)
+        bouncer = PgBouncerServer(
+            postgres,
+            user=user,
+            password=password,
+            pool_mode=pgbouncer_mode,
+            default_pool_size=PGBOUNCER_POOL_SIZES[pgbouncer_mode],
+            binary=binary,
+        )
+        _syncpool_pgbouncer_sessions[pgbouncer_mode] = bouncer
+    return bouncer.start()
+
+
+def _pgbouncer_role(postgres: PostgresServer | ExternalPostgres, mode: str) -> tuple[str, str]:
+    """The role and password a bouncer uses: a role per mode on a managed server, else the server's own."""
+    if isinstance(postgres, ExternalPostgres):
+        return postgres.user, postgres.password
+    import secrets
+
+    role, password = PGBOUNCER_ROLE_PREFIX + mode, secrets.token_urlsafe(18)
+    if postgres.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)):
+        # A utility statement takes no bound parameters: the password goes in as a quoted literal.
+        postgres.execute(f"ALTER ROLE {role} PASSWORD {_quote_literal(password)}")
+    else:
+        postgres.create_role(role, password)
+    return role, password
