@@ -3,7 +3,26 @@
 Every ```python block in ``docs/*.md`` runs in its own subprocess, in a temporary directory, unless the line just
 before its fence is a skip marker saying why::
 
-    <!-- skip: needs a PostgreSQL server -->
+    <!-- skip: installs a signal handler in the test process -->
+
+A block that needs a server says so on that line instead; the test starts the server (the fixtures of
+:mod:`syncpool.testing`) and hands it to the example through environment variables, the way a deployed application
+gets its settings, so the example's code is exactly what readers see::
+
+    <!-- needs: postgres -->
+    <!-- needs: s3, elasticsearch -->
+    <!-- needs: postgres; continues the previous block -->
+
+The last form runs the page's previous block first, in the same process (for a block that uses its ``pool``).
+What each server provides:
+
+- ``postgres``: libpq's ``PGHOST``, ``PGPORT``, ``PGUSER``, ``PGPASSWORD`` and ``PGDATABASE=app`` reach a database
+  ``app``, created afresh for each block, holding the tables of :data:`POSTGRES_SCHEMA`; ``DB_PASSWORD_FILE`` names a
+  file holding the same password.
+- ``s3``: boto3's ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``AWS_DEFAULT_REGION``
+  reach an S3 endpoint (moto) where the buckets of :data:`S3_BUCKETS` exist.
+- ``elasticsearch``: ``ELASTICSEARCH_HOSTS`` holds the node's URL (a comma-separated list, in general) and
+  ``ES_API_KEY_FILE`` names a file holding the API key the node then requires.
 """
 
 from __future__ import annotations
@@ -13,10 +32,12 @@ import inspect
 import math
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,49 +47,137 @@ from syncpool.pool import EVENTS
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
-# Pages owned by others whose blocks do not carry skip markers yet (they need a PostgreSQL server).
-_NOT_RUN = {"migrating-from-psycopg-pool.md"}
+#: Tables of the ``app`` database that ``needs: postgres`` blocks find.
+POSTGRES_SCHEMA = (
+    "CREATE TABLE jobs (id serial PRIMARY KEY, state text NOT NULL)",
+    "CREATE TABLE t (x integer)",
+)
+#: Buckets that ``needs: s3`` blocks find.
+S3_BUCKETS = ("uploads",)
+SERVERS = ("postgres", "s3", "elasticsearch")
 
 _FENCE = re.compile(r"^```python[^\n]*\n(?P<code>.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 _SKIP = re.compile(r"<!--\s*skip:\s*(?P<reason>.+?)\s*-->\s*$")
+_NEEDS = re.compile(r"<!--\s*needs:\s*(?P<servers>[^;]+?)\s*(?P<continues>;\s*continues the previous block)?\s*-->\s*$")
 
 
-def _blocks() -> list[pytest.param]:
+def _blocks() -> list[Any]:
     params = []
     for page in sorted(DOCS.glob("*.md")):
         text = page.read_text(encoding="utf-8")
+        previous: tuple[str, tuple[str, ...]] | None = None  # the page's last block: code to run before, needs
         for number, match in enumerate(_FENCE.finditer(text), start=1):
             line = text.count("\n", 0, match.start()) + 1
             before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
-            skip = _SKIP.search(before)
-            marks = []
-            if skip:
+            code, needs, marks = match.group("code"), (), []
+            if skip := _SKIP.search(before):
                 marks.append(pytest.mark.skip(reason=skip.group("reason")))
-            elif page.name in _NOT_RUN:
-                marks.append(pytest.mark.skip(reason=f"{page.name} is not run (no skip markers)"))
-            params.append(pytest.param(page.name, line, match.group("code"), marks=marks,
-                                       id=f"{page.stem}-{number}"))
+            elif needed := _NEEDS.search(before):
+                needs = tuple(name.strip() for name in needed.group("servers").split(","))
+                if needed.group("continues"):
+                    assert previous is not None, f"docs/{page.name}:{line - 1}: no previous block to continue"
+                    code = previous[0] + "\n" + code
+                    needs = tuple(dict.fromkeys(previous[1] + needs))
+            params.append(pytest.param(page.name, line, code, needs, marks=marks, id=f"{page.stem}-{number}"))
+            previous = (code, needs)
     return params
 
 
-@pytest.mark.parametrize(("page", "line", "code"), _blocks())
-def test_example_runs(page: str, line: int, code: str, tmp_path: Path) -> None:
+def _postgres_environment(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    import psycopg
+
+    server = request.getfixturevalue("postgres_server")
+    server.execute("DROP DATABASE IF EXISTS app WITH (FORCE)")
+    server.execute("CREATE DATABASE app")
+    with psycopg.connect(server.dsn, dbname="app", autocommit=True) as conn:
+        for statement in POSTGRES_SCHEMA:
+            conn.execute(statement)
+    password_file = tmp_path / "db-password"
+    password_file.write_text(server.password + "\n", encoding="utf-8")
+    return {
+        "PGHOST": server.host,
+        "PGPORT": str(server.port),
+        "PGUSER": server.user,
+        "PGPASSWORD": server.password,
+        "PGDATABASE": "app",
+        "DB_PASSWORD_FILE": str(password_file),
+    }
+
+
+def _s3_environment(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    import boto3.session
+
+    server = request.getfixturevalue("s3_server")
+    client = boto3.session.Session().client("s3", **server.client_kwargs())
+    try:
+        existing = {bucket["Name"] for bucket in client.list_buckets()["Buckets"]}
+        for bucket in S3_BUCKETS:
+            if bucket not in existing:
+                client.create_bucket(Bucket=bucket)
+    finally:
+        client.close()
+    return {
+        "AWS_ENDPOINT_URL": server.endpoint_url,
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": server.secret_key,
+        "AWS_DEFAULT_REGION": server.region,
+        # Nothing from the machine's own AWS configuration: only the endpoint above.
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+    }
+
+
+def _elasticsearch_environment(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    node = request.getfixturevalue("elasticsearch_node")
+    api_key = secrets.token_urlsafe(24)
+    node.set_auth(api_key=api_key)  # turned off again by the fixture after the test
+    key_file = tmp_path / "es-api-key"
+    key_file.write_text(api_key + "\n", encoding="utf-8")
+    return {"ELASTICSEARCH_HOSTS": node.url, "ES_API_KEY_FILE": str(key_file)}
+
+
+_ENVIRONMENTS = {
+    "postgres": _postgres_environment,
+    "s3": _s3_environment,
+    "elasticsearch": _elasticsearch_environment,
+}
+
+
+@pytest.mark.parametrize(("page", "line", "code", "needs"), _blocks())
+def test_example_runs(
+    page: str, line: int, code: str, needs: tuple[str, ...], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     script = tmp_path / "example.py"
     script.write_text(code, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PG", "AWS_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    for server in needs:
+        assert server in _ENVIRONMENTS, f"docs/{page}:{line - 1}: unknown server {server!r}, not one of {SERVERS}"
+        env.update(_ENVIRONMENTS[server](request, tmp_path))
     result = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, f"docs/{page}, block at line {line} failed:\n{result.stderr[-3000:]}"
 
 
-def test_every_skip_marker_precedes_a_block() -> None:
+def test_every_marker_precedes_a_block() -> None:
     for page in DOCS.glob("*.md"):
         lines = page.read_text(encoding="utf-8").splitlines()
         for index, line in enumerate(lines):
-            if _SKIP.search(line):
+            if _SKIP.search(line) or _NEEDS.search(line):
                 following = lines[index + 1] if index + 1 < len(lines) else ""
-                assert following.startswith("```python"), f"docs/{page.name}:{index + 1}: skip marker without a block"
+                assert following.startswith("```python"), f"docs/{page.name}:{index + 1}: marker without a block"
+            elif re.search(r"<!--\s*(skip|needs)\b", line):
+                raise AssertionError(f"docs/{page.name}:{index + 1}: malformed marker {line.strip()!r}")
+
+
+def test_no_example_is_skipped_for_want_of_a_server() -> None:
+    for param in _blocks():
+        for mark in param.marks:
+            reason = mark.kwargs.get("reason", "")
+            assert not re.search(r"postgres|s3|elasticsearch", reason, re.IGNORECASE), (
+                f"docs/{param.values[0]}:{param.values[1]} is skipped ({reason}): say what it needs instead"
+            )
 
 
 # -- reference tables against the code ----------------------------------------------------------------------------

@@ -13,8 +13,18 @@ __all__ = ["ElasticsearchConnector"]
 #: Defaults passed to ``Elasticsearch(...)`` unless given. ``request_timeout``: seconds per request. One retry on
 #: another node for connection errors and 429/502/503/504, none on timeouts: the pool's own retries
 #: (``pool.run``) already repeat a failed unit of work, and retries at both levels multiply (3 x 3 attempts of a
-#: 10 s timeout is minutes).
-DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {"request_timeout": 10, "max_retries": 1, "retry_on_timeout": False}
+#: 10 s timeout is minutes). ``connections_per_node``: HTTP connections each client keeps to each node.
+#: elastic_transport's default, 10, suits one client shared by many threads; a pooled client is used by one thread
+#: at a time and reads every response whole, so one connection per node is all it uses, and 10 would let a pool of
+#: ``max_size`` clients hold up to ``10 * max_size`` sockets per node. The cap is strict (a request waits for the
+#: connection rather than opening another): raise it for clients that ``helpers.parallel_bulk`` shares between
+#: threads.
+DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
+    "request_timeout": 10,
+    "max_retries": 1,
+    "retry_on_timeout": False,
+    "connections_per_node": 1,
+}
 
 # Client options that may be zero-argument callables resolved at every connect (rotated keys and passwords).
 # Other options can legitimately be callables or classes (node_selector_class, serializer...) and pass as they are.
@@ -36,7 +46,8 @@ class ElasticsearchConnector(Connector[Any]):
         verify_on_connect: Whether :meth:`connect` calls ``info()`` once, so that wrong credentials or an
             unreachable cluster show at connect time rather than on first use. Defaults to True.
         client_kwargs: Passed to ``Elasticsearch``; :data:`DEFAULT_CLIENT_OPTIONS` fill in ``request_timeout``
-            (10 s), ``max_retries`` (1) and ``retry_on_timeout`` (False). ``api_key``, ``basic_auth``,
+            (10 s), ``max_retries`` (1), ``retry_on_timeout`` (False) and ``connections_per_node`` (1 HTTP
+            connection per node and client; ``NodeConfig`` hosts keep their own). ``api_key``, ``basic_auth``,
             ``bearer_auth`` and ``http_auth`` may be zero-argument callables, resolved at every connect.
 
     :meth:`check` calls ``info()`` (``GET /``), which needs the ``cluster:monitor/main`` privilege. It does not use
@@ -50,6 +61,7 @@ class ElasticsearchConnector(Connector[Any]):
             raise ValueError("hosts must name at least one node")
         self._hosts = hosts
         self.verify_on_connect = verify_on_connect
+        self._user_options = frozenset(client_kwargs)
         self._client_kwargs = {**DEFAULT_CLIENT_OPTIONS, **client_kwargs}
         self.description = self._describe()
 
@@ -77,6 +89,9 @@ class ElasticsearchConnector(Connector[Any]):
             key: _resolve(value) if key in _RESOLVED_OPTIONS else value
             for key, value in self._client_kwargs.items()
         }
+        if "connections_per_node" not in self._user_options and _has_node_configs(hosts):
+            # The client would override the connections_per_node each NodeConfig carries with our default.
+            del kwargs["connections_per_node"]
         secrets = mapping_secrets({"hosts": hosts, **kwargs})
         try:
             client = Elasticsearch(hosts, **kwargs)
@@ -124,6 +139,14 @@ class ElasticsearchConnector(Connector[Any]):
         if isinstance(error, (TransportConnectionError, ConnectionTimeout)):
             return True
         return _status_of(error) in _TRANSIENT_STATUSES
+
+
+def _has_node_configs(hosts: Any) -> bool:
+    """True if ``hosts`` holds elastic_transport ``NodeConfig`` objects (rather than URLs or dicts)."""
+    from elastic_transport import NodeConfig
+
+    nodes = hosts if isinstance(hosts, (list, tuple)) else [hosts]
+    return any(isinstance(node, NodeConfig) for node in nodes)
 
 
 def _status_of(error: BaseException) -> int | None:

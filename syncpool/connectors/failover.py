@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from syncpool import forking
 from syncpool.connector import Connector
 from syncpool.errors import AuthError, ConnectError
 
@@ -81,6 +82,12 @@ class FailoverConnector(Connector[T]):
         self._owners: weakref.WeakKeyDictionary[Any, _Member[T]] = weakref.WeakKeyDictionary()
         self._owners_by_id: dict[int, tuple[Any, _Member[T]]] = {}
         self.description = "failover(" + ", ".join(m.connector.description for m in members) + ")"
+        forking.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Another thread of the parent may have held the lock at the fork: it would stay held forever in the child.
+        # The records it guards are kept; at worst one of them misses the update that thread was making.
+        self._lock = threading.Lock()
 
     @property
     def connectors(self) -> list[Connector[T]]:

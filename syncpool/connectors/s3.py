@@ -25,15 +25,17 @@ _SESSION_KEYS = frozenset(
 #: Defaults of the botocore ``Config`` every client gets; a ``config=`` passed to the connector overrides them.
 #: ``connect_timeout``/``read_timeout``: seconds per attempt, so that a dead endpoint fails fast.
 #: ``retries``: "standard" mode, 3 attempts in all, so that botocore's retries times the pool's retries stay short.
-#: ``max_pool_connections``: a pooled client is used by one thread at a time and so makes one request at a time,
-#: needing one connection; urllib3 opens connections lazily, so the cap only matters for boto3's managed transfers
-#: (``upload_file``/``download_file``), which run up to 10 threads on the client: 10 lets them reuse connections
-#: instead of discarding them with "Connection pool is full" warnings.
+#: ``max_pool_connections``: HTTP connections each client keeps open (per endpoint host). boto3's own default, 10,
+#: suits one client shared by many threads; a pooled client is used by one thread at a time, which needs one
+#: connection, or two when it reads a streamed ``get_object`` body while making another call. 10 per client would
+#: let a pool of ``max_size`` clients hold up to ``10 * max_size`` sockets. urllib3 still opens a connection beyond
+#: the cap when every kept one is busy, and closes it after use with a "Connection pool is full" warning: raise the
+#: cap for clients that run boto3's managed transfers (``upload_file``/``download_file``, 10 threads by default).
 DEFAULT_CONFIG: dict[str, Any] = {
     "connect_timeout": 5,
     "read_timeout": 30,
     "retries": {"mode": "standard", "total_max_attempts": 3},
-    "max_pool_connections": 10,
+    "max_pool_connections": 2,
 }
 
 # Error codes meaning the credentials are missing, wrong, expired or not allowed. HeadBucket has no response body,
@@ -100,7 +102,9 @@ class S3Connector(Connector[Any]):
         bucket: A bucket the clients will use. :meth:`check` calls ``head_bucket`` on it (cheap, and it needs only
             the permissions the application has anyway); without one it calls ``list_buckets``.
         config: A ``botocore.config.Config`` merged over :data:`DEFAULT_CONFIG` (connect timeout 5 s, read timeout
-            30 s, standard retry mode with 3 attempts in all, 10 pooled HTTP connections per client).
+            30 s, standard retry mode with 3 attempts in all, 2 HTTP connections kept per client): the settings
+            it gives win, the others keep their defaults. ``Config(max_pool_connections=10)`` restores boto3's
+            own connection count, e.g. for clients that run managed transfers.
         verify_on_connect: Whether :meth:`connect` makes the :meth:`check` call once. boto3 clients connect lazily,
             so without it wrong credentials would only show on first use. Defaults to True.
         client_kwargs: ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``, ``region_name``,

@@ -42,8 +42,39 @@ def test_defaults_are_explicit() -> None:
     assert connector._client_kwargs["request_timeout"] == 10
     assert connector._client_kwargs["retry_on_timeout"] is False
     assert connector._client_kwargs["max_retries"] == 3
+    assert connector._client_kwargs["connections_per_node"] == 1
     with pytest.raises(ValueError):
         ElasticsearchConnector([])
+
+
+def _node_pool_sizes(client: Any) -> list[int]:
+    """The size of each node's urllib3 connection pool, as elastic_transport made it."""
+    return [node.pool.pool.maxsize for node in client.transport.node_pool.all()]
+
+
+def test_one_connection_per_node_by_default_overridable() -> None:
+    hosts = ["http://es1:9200", "http://es2:9200"]
+    for kwargs, expected in (({}, [1, 1]), ({"connections_per_node": 4}, [4, 4])):
+        client = ElasticsearchConnector(hosts, verify_on_connect=False, **kwargs).connect()
+        try:
+            assert _node_pool_sizes(client) == expected
+            assert all(node.pool.block for node in client.transport.node_pool.all())  # a strict cap
+        finally:
+            client.close()
+
+
+def test_node_configs_keep_their_own_connections_per_node() -> None:
+    node = elastic_transport.NodeConfig("http", "es1", 9200, connections_per_node=3)
+    client = ElasticsearchConnector([node], verify_on_connect=False).connect()
+    try:
+        assert _node_pool_sizes(client) == [3]
+    finally:
+        client.close()
+    client = ElasticsearchConnector([node], verify_on_connect=False, connections_per_node=2).connect()
+    try:
+        assert _node_pool_sizes(client) == [2]  # an explicit option applies to every node, as in the client
+    finally:
+        client.close()
 
 
 # -- against the node --------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from typing import Any
 
@@ -176,6 +178,47 @@ def test_concurrent_connects(setup: Any) -> None:
     assert len(clients) == 200 and {c.member for c in clients} == {"b"}
     for client in clients:
         failover.close(client)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_gets_a_working_lock(setup: Any) -> None:
+    failover, a, b, clock = setup
+    in_lock, release = threading.Event(), threading.Event()
+
+    class BlockingClock(Clock):
+        """Blocks the "holder" thread when it reads the clock while recording a failure, i.e. under the lock."""
+
+        def __call__(self) -> float:
+            if threading.current_thread().name == "holder" and failover._lock.locked():
+                in_lock.set()
+                release.wait(10)
+            return self.now
+
+    failover._clock = BlockingClock()
+    a.down = True
+    holder = threading.Thread(target=failover.connect, name="holder")
+    holder.start()
+    try:
+        assert in_lock.wait(10), "the holder thread never reached the lock"
+        pid = os.fork()
+        if pid == 0:  # the child: a lock inherited held would hang here; the alarm turns a hang into a failure
+            signal.alarm(10)
+            code = 0
+            try:
+                client = failover.connect()
+                code = 0 if client.member == "b" and failover.status()[0]["failures"] >= 1 else 10
+                failover.close(client)
+            except BaseException:  # pragma: no cover - reported through the exit code
+                code = 11
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        holder.join(10)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not failover._lock.locked()  # the parent's own lock was released by its holder as usual
+    assert failover.connect().member == "b"
 
 
 @pytest.mark.postgres

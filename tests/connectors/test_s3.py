@@ -124,7 +124,7 @@ def test_explicit_config_defaults_and_merge(s3_server: Any) -> None:
         config = client.meta.config
         assert config.connect_timeout == 5 and config.read_timeout == 30
         assert config.retries == {"mode": "standard", "total_max_attempts": 3}
-        assert config.max_pool_connections == 10
+        assert config.max_pool_connections == 2  # a pooled client is used by one thread at a time
     finally:
         client.close()
     custom = S3Connector(
@@ -136,8 +136,27 @@ def test_explicit_config_defaults_and_merge(s3_server: Any) -> None:
         assert client.meta.config.read_timeout == 7
         assert client.meta.config.connect_timeout == 5
         assert client.meta.config.retries["mode"] == "adaptive"
+        assert client.meta.config.max_pool_connections == 2  # a default the user's config did not set
     finally:
         client.close()
+
+
+@pytest.mark.s3
+def test_user_config_overrides_the_connection_cap_and_keeps_its_other_settings(s3_server: Any) -> None:
+    user_config = Config(max_pool_connections=10, connect_timeout=2, user_agent_extra="app/1.0")
+    client = S3Connector(config=user_config, **s3_server.client_kwargs()).connect()
+    try:
+        config = client.meta.config
+        assert config.max_pool_connections == 10
+        assert config.connect_timeout == 2 and config.user_agent_extra == "app/1.0"
+        assert config.read_timeout == 30  # the defaults it left alone still apply
+        client.list_buckets()
+        # What urllib3 was actually given: the connection pool of the endpoint holds at most this many.
+        pools = client._endpoint.http_session._manager.pools
+        assert [pools[key].pool.maxsize for key in pools.keys()] == [10]
+    finally:
+        client.close()
+    assert user_config.max_pool_connections == 10 and user_config.read_timeout == 60  # the user's object unchanged
 
 
 @pytest.mark.s3

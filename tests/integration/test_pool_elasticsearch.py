@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -52,6 +54,87 @@ def test_client_returned_after_an_error_answer_is_kept(elasticsearch_node: Any) 
             assert again is client
             assert again.info()
         assert pool.stats()["connections_discarded"] == 0
+
+
+# -- HTTP connections per pooled client --------------------------------------------------------------------------
+
+
+class _Threads:
+    """``count`` threads running ``work`` once each; :meth:`join` fails the test if any of them failed."""
+
+    def __init__(self, count: int, work: Callable[[], object]) -> None:
+        self.errors: list[BaseException] = []
+        self._work = work
+        self._threads = [threading.Thread(target=self._run) for _ in range(count)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._work()
+        except BaseException as error:  # reported by join()
+            self.errors.append(error)
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in self._threads)
+        assert self.errors == []
+
+
+THREADS = 3
+
+
+@pytest.mark.managed_servers("elasticsearch")  # the node is told to answer late
+def test_pooled_clients_hold_one_connection_each_even_when_shared(elasticsearch_node: Any, fault_proxy: Any) -> None:
+    """``THREADS`` threads each lease a client and, inside the lease, make 3 calls at once on it (as
+    ``helpers.parallel_bulk`` would): each client still keeps to its single connection."""
+    proxy = fault_proxy(elasticsearch_node.host, elasticsearch_node.port)
+    connector = ElasticsearchConnector(f"http://{proxy.host}:{proxy.port}")
+    with Pool(connector, max_size=THREADS, timeout=30.0, name="it-es-sockets") as pool:
+        barrier = threading.Barrier(THREADS)
+
+        def lease_and_share() -> None:
+            with pool.connection() as client:
+                barrier.wait(30)  # every thread holds a lease: they use distinct clients
+                _Threads(3, client.info).join()
+
+        elasticsearch_node.set_behaviour(delay=0.1)  # so that the 3 calls on one client would overlap
+        with Sampler(lambda: proxy.connections, interval=0.01) as sampler:
+            _Threads(THREADS, lease_and_share).join()
+        elasticsearch_node.set_behaviour()
+        assert pool.stats()["size"] == THREADS
+        assert max(sampler.seen) <= THREADS
+        assert proxy.connections == THREADS  # kept for the next lease, one per client
+    wait_until(lambda: proxy.connections == 0)
+
+
+@pytest.mark.managed_servers("elasticsearch")
+@pytest.mark.parametrize("connections_per_node", [None, 4])
+def test_the_connection_cap_is_strict_and_overridable(
+    elasticsearch_node: Any, fault_proxy: Any, connections_per_node: int | None
+) -> None:
+    """4 threads call one client while the node holds every request: by default one request reaches the node and
+    the others wait for its connection; with ``connections_per_node=4`` all 4 do, over 4 connections."""
+    proxy = fault_proxy(elasticsearch_node.host, elasticsearch_node.port)
+    overrides = {} if connections_per_node is None else {"connections_per_node": connections_per_node}
+    connector = ElasticsearchConnector(f"http://{proxy.host}:{proxy.port}", **overrides)
+    cap = connections_per_node or 1
+    client = connector.connect()
+    try:
+        before = elasticsearch_node.requests_seen
+        elasticsearch_node.set_behaviour(hang=True)
+        threads = _Threads(4, client.info)
+        try:
+            wait_until(lambda: elasticsearch_node.requests_seen == before + cap and proxy.connections == cap)
+            time.sleep(0.3)  # a request or a connection beyond the cap would show now
+            assert elasticsearch_node.requests_seen == before + cap
+            assert proxy.connections == cap
+        finally:
+            elasticsearch_node.set_behaviour()  # the held requests fail, and the client retries them
+            threads.join()
+    finally:
+        connector.close(client)
 
 
 # What a caller may see while the node is down: no client in time, or the transport's connection errors on a

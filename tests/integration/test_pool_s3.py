@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import logging
 import secrets
+import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -70,6 +74,174 @@ def test_client_returned_after_an_error_answer_is_kept(s3_server: Any, bucket: s
             assert again is client
             again.put_object(Bucket=bucket, Key="present", Body=b"x")
         assert pool.stats()["connections_discarded"] == 0
+
+
+# -- HTTP connections per pooled client --------------------------------------------------------------------------
+
+
+class KeepAliveFront:
+    """An HTTP/1.1 front for moto that keeps client connections open, as S3 does, and counts them.
+
+    moto's werkzeug server answers every request with ``Connection: close``, so behind it no client keeps a
+    connection and a client's connection cap cannot show. The front answers on the client's connection and keeps
+    it open, forwarding each request to moto over a connection of its own.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        front = self
+        self.open = 0  # client connections open now
+        self.opened = 0  # client connections accepted since start
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def setup(self) -> None:
+                super().setup()
+                with front._lock:
+                    front.open += 1
+                    front.opened += 1
+                    front._sockets.add(self.request)
+
+            def finish(self) -> None:
+                with front._lock:
+                    front.open -= 1
+                    front._sockets.discard(self.request)
+                super().finish()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                """Keep test output quiet."""
+
+            def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                skipped = {"connection", "keep-alive", "expect"}
+                headers = {name: value for name, value in self.headers.items() if name.lower() not in skipped}
+                upstream = http.client.HTTPConnection(upstream_host, upstream_port, timeout=30)
+                try:
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    response = upstream.getresponse()
+                    data = response.read()
+                finally:
+                    upstream.close()
+                self.send_response_only(response.status, response.reason)
+                for name, value in response.getheaders():
+                    if name.lower() not in {"connection", "keep-alive", "transfer-encoding", "content-length"}:
+                        self.send_header(name, value)
+                length_header = response.getheader("Content-Length", "0") if self.command == "HEAD" else len(data)
+                self.send_header("Content-Length", str(length_header))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="keep-alive-front", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> KeepAliveFront:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:  # unblock handler threads still waiting for a next request
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(10)
+
+
+def _lease_together(pool: Pool[Any], threads: int, work: Any) -> None:
+    """Run ``work(client)`` in ``threads`` threads, each holding its own lease at the same time."""
+    barrier = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with pool.connection() as client:
+                barrier.wait(30)  # every thread holds a lease: they use distinct clients
+                work(client)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert errors == []
+    assert not any(worker.is_alive() for worker in workers)
+
+
+THREADS = 3
+
+
+@pytest.mark.managed_servers("s3")  # the front speaks plain HTTP to moto
+@pytest.mark.parametrize(("config", "kept"), [(None, 2), ({"max_pool_connections": 10}, 4)])
+def test_each_pooled_client_keeps_at_most_its_connection_cap(
+    s3_server: Any, bucket: str, config: dict[str, int] | None, kept: int
+) -> None:
+    """Each of ``THREADS`` clients streams 4 objects at once: afterwards it keeps 2 connections (its default cap)
+    and closes the others, or keeps all 4 under a user's ``Config(max_pool_connections=10)``."""
+    from botocore.config import Config
+
+    with KeepAliveFront(s3_server.host, s3_server.port) as front:
+        overrides = {"config": Config(**config)} if config else {}
+        connector = _connector(s3_server, bucket, endpoint=front.url, **overrides)
+        with Pool(connector, max_size=THREADS, timeout=30.0, name="it-s3-sockets") as pool:
+            with pool.connection() as client:
+                for key in range(4):
+                    client.put_object(Bucket=bucket, Key=f"burst-{key}", Body=b"x" * 1000)
+                assert client.meta.config.max_pool_connections == (config or {}).get("max_pool_connections", 2)
+
+            def burst(client: Any) -> None:
+                bodies = [client.get_object(Bucket=bucket, Key=f"burst-{key}")["Body"] for key in range(4)]
+                assert [body.read() for body in bodies] == [b"x" * 1000] * 4
+
+            _lease_together(pool, THREADS, burst)
+            assert pool.stats()["size"] == THREADS
+            # The clients are idle in the pool, each keeping what its urllib3 pool may hold.
+            wait_until(lambda: front.open == THREADS * kept)
+            time.sleep(0.2)  # a connection closed late would show now
+            assert front.open == THREADS * kept
+        wait_until(lambda: front.open == 0)  # closing the pool closed every client's connections
+
+
+@pytest.mark.managed_servers("s3")
+def test_a_client_reading_a_stream_while_calling_again_reuses_its_two_connections(
+    s3_server: Any, bucket: str, caplog: Any
+) -> None:
+    """The common case the default cap of 2 is for: no connection opened beyond the first two, none discarded."""
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    with KeepAliveFront(s3_server.host, s3_server.port) as front:
+        connector = _connector(s3_server, bucket, endpoint=front.url)
+        with Pool(connector, max_size=THREADS, timeout=30.0, name="it-s3-stream") as pool:
+
+            def stream_and_call(client: Any) -> None:
+                key = f"stream-{threading.get_ident()}"
+                client.put_object(Bucket=bucket, Key=key, Body=b"y" * 1000)
+                for _ in range(5):
+                    body = client.get_object(Bucket=bucket, Key=key)["Body"]  # holds its connection until read
+                    assert client.head_object(Bucket=bucket, Key=key)["ContentLength"] == 1000
+                    assert body.read() == b"y" * 1000
+
+            _lease_together(pool, THREADS, stream_and_call)
+            wait_until(lambda: front.open == THREADS * 2)
+            assert front.opened == THREADS * 2  # 5 rounds each, and still only the first two connections
+        assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
 
 
 # What a caller may see while the endpoint is down: no client in time, or botocore's connection errors (after its
