@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,11 +15,12 @@ import pytest
 import syncpool
 from syncpool import Pool
 from syncpool.connectors import PostgresConnector
+from syncpool.monitoring import unwrap
 
 from . import Load, Sampler, assert_no_secret, outage_under_load, wait_until
 
 psycopg = pytest.importorskip("psycopg")
-from psycopg.pq import TransactionStatus  # noqa: E402
+from psycopg.pq import Trace, TransactionStatus  # noqa: E402
 
 pytestmark = pytest.mark.postgres
 
@@ -143,6 +146,172 @@ def test_return_in_every_state(
         if outcome != "kept":
             assert conn.closed
         assert again.info.transaction_status == TransactionStatus.IDLE
+
+
+# -- the end of a with pool.connection() block: commit, or roll back ---------------------------------------------
+
+
+class _Sent:
+    """The messages libpq sends to the server on a connection between :meth:`start` and :meth:`stop`, e.g.
+    ``Query "COMMIT"``: libpq's own protocol trace, so every round trip is seen, whoever starts it."""
+
+    def start(self, conn: Any) -> _Sent:
+        self._conn = unwrap(conn)
+        self._file = tempfile.TemporaryFile("w+b")
+        self._descriptor = os.dup(self._file.fileno())  # libpq's FILE takes this copy
+        self._conn.pgconn.trace(self._descriptor)
+        self._conn.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
+        return self
+
+    def stop(self) -> list[str]:
+        self._conn.pgconn.untrace()  # flushes libpq's FILE, which is never used again
+        os.close(self._descriptor)
+        with self._file:
+            self._file.seek(0)
+            lines = self._file.read().decode().splitlines()
+        messages = []
+        for line in lines:
+            direction, _length, kind, *rest = line.split("\t")
+            if direction == "F":
+                messages.append(" ".join(part.strip() for part in [kind, *rest]))
+        return messages
+
+
+def _warnings(caplog: Any) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "syncpool" and r.levelno >= logging.WARNING]
+
+
+def _count(server: Any, table: str) -> int:
+    return int(server.execute(f"SELECT count(*) FROM {table}")[0][0])
+
+
+@pytest.mark.parametrize("monitor", [False, True], ids=["plain", "monitored"])
+def test_a_clean_block_commits_with_one_round_trip_and_no_warning(
+    postgres_server: Any, table: str, monitor: bool, caplog: Any
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="syncpool")
+    with Pool(PostgresConnector(postgres_server.dsn), max_size=1, name="it-commit", monitor=monitor) as pool:
+        with pool.connection() as conn:
+            conn.execute(f"INSERT INTO {table} VALUES (1)")  # no commit: the end of the block commits
+            assert _count(postgres_server, table) == 0  # not visible to another connection yet
+            sent = _Sent().start(conn)
+        assert sent.stop() == ['Query "COMMIT"']  # the commit is the only round trip on the way back
+        assert _count(postgres_server, table) == 1
+        assert _warnings(caplog) == []
+        with pool.connection() as again:
+            assert unwrap(again) is unwrap(conn)  # kept, idle
+            assert again.info.transaction_status == TransactionStatus.IDLE
+        assert not any(pool.stats()["discards"].values())
+
+
+@pytest.mark.parametrize(
+    "work",
+    ["nothing", "committed", "transaction block", "autocommit"],
+)
+def test_an_idle_connection_goes_back_without_a_round_trip(
+    postgres_server: Any, table: str, work: str, caplog: Any
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="syncpool")
+    connector = PostgresConnector(postgres_server.dsn, autocommit=work == "autocommit")
+    with Pool(connector, max_size=1, name="it-idle") as pool:
+        for _ in range(3):
+            with pool.connection() as conn:
+                if work == "committed":
+                    conn.execute(f"INSERT INTO {table} VALUES (1)")
+                    conn.commit()
+                elif work == "transaction block":
+                    with conn.transaction():
+                        conn.execute(f"INSERT INTO {table} VALUES (1)")
+                elif work == "autocommit":
+                    conn.execute(f"INSERT INTO {table} VALUES (1)")
+                sent = _Sent().start(conn)
+            assert sent.stop() == []
+        assert _count(postgres_server, table) == (0 if work == "nothing" else 3)
+        assert _warnings(caplog) == []
+
+
+@pytest.mark.parametrize("state", ["INTRANS", "INERROR"])
+def test_a_raising_block_leaves_nothing(postgres_server: Any, table: str, state: str, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, logger="syncpool")
+    failure = RuntimeError("the block failed")
+    with Pool(PostgresConnector(postgres_server.dsn), max_size=1, name="it-rollback") as pool:
+        with pytest.raises(RuntimeError) as caught:
+            with pool.connection() as conn:
+                conn.execute(f"INSERT INTO {table} VALUES (1)")
+                if state == "INERROR":
+                    with pytest.raises(psycopg.errors.DivisionByZero):
+                        conn.execute("SELECT 1 / 0")
+                sent = _Sent().start(conn)
+                raise failure
+        assert caught.value is failure  # unchanged
+        assert sent.stop() == ['Query "ROLLBACK"']
+        assert _count(postgres_server, table) == 0
+        assert _warnings(caplog) == []
+        with pool.connection() as again:
+            assert again is conn and again.info.transaction_status == TransactionStatus.IDLE
+        assert not any(pool.stats()["discards"].values())
+
+
+def test_a_failed_transaction_ended_cleanly_is_rolled_back_with_a_warning(
+    postgres_server: Any, table: str, caplog: Any
+) -> None:
+    with Pool(PostgresConnector(postgres_server.dsn), max_size=1, name="it-inerror") as pool:
+        with caplog.at_level(logging.WARNING, logger="syncpool"):
+            with pool.connection() as conn:
+                conn.execute(f"INSERT INTO {table} VALUES (1)")
+                try:
+                    conn.execute("SELECT 1 / 0")
+                except psycopg.errors.DivisionByZero:
+                    pass  # caught: the block ends cleanly, but its transaction cannot commit
+        assert _count(postgres_server, table) == 0
+        (warning,) = _warnings(caplog)
+        assert "failed transaction" in warning
+        with pool.connection() as again:
+            assert again is conn and again.info.transaction_status == TransactionStatus.IDLE
+
+
+def test_an_autocommit_connection_is_left_alone(postgres_server: Any, table: str, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, logger="syncpool")
+    with Pool(PostgresConnector(postgres_server.dsn, autocommit=True), max_size=1, name="it-autocommit") as pool:
+        with pytest.raises(RuntimeError), pool.connection() as conn:
+            conn.execute(f"INSERT INTO {table} VALUES (1)")  # committed by the server, block or no block
+            sent = _Sent().start(conn)
+            raise RuntimeError("the block failed")
+        assert sent.stop() == []
+        assert _count(postgres_server, table) == 1
+        assert _warnings(caplog) == []
+        # A transaction the caller began by hand is theirs: not committed for them, rolled back with a warning.
+        with pool.connection() as conn:
+            conn.execute("BEGIN")
+            conn.execute(f"INSERT INTO {table} VALUES (2)")
+            sent = _Sent().start(conn)
+        assert sent.stop() == ['Query "ROLLBACK"']
+        assert _count(postgres_server, table) == 1
+        (warning,) = _warnings(caplog)
+        assert "rolling back" in warning
+        with pool.connection() as again:
+            assert again is conn and again.autocommit
+
+
+def test_a_failed_commit_reaches_the_caller_and_the_connection_is_replaced(
+    postgres_server: Any, caplog: Any
+) -> None:
+    name = f"it_deferred_{time.monotonic_ns()}"
+    postgres_server.execute(f"CREATE TABLE {name} (id int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+    postgres_server.execute(f"GRANT ALL ON {name} TO {postgres_server.user}")
+    with Pool(PostgresConnector(postgres_server.dsn), max_size=1, name="it-commit-fails") as pool:
+        with pytest.raises(psycopg.errors.UniqueViolation), pool.connection() as conn:
+            conn.execute(f"INSERT INTO {name} VALUES (1), (1)")  # checked at COMMIT, when the block ends
+        assert _count(postgres_server, name) == 0
+        assert pool.stats()["discards"]["reset_failed"] == 1
+        # A commit that cannot reach the server fails the same way: the caller learns the work was lost.
+        with pytest.raises(psycopg.OperationalError), pool.connection() as again:
+            assert again is not conn
+            again.execute(f"INSERT INTO {name} VALUES (2)")
+            postgres_server.execute("SELECT pg_terminate_backend(%s)", (_pid(again),))
+            wait_until(lambda: postgres_server.count_connections() == 0, timeout=5)
+        assert _count(postgres_server, name) == 0
+        assert pool.stats()["discards"]["reset_failed"] == 2
 
 
 def test_idle_connection_killed_server_side_is_found_by_the_health_check(
