@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -417,3 +419,160 @@ def test_password_in_keyword_and_url_is_masked(postgres_server: Any, caplog: Any
             with pool.connection() as conn:
                 conn.execute("SELECT 1")
             assert_no_secret([postgres_server.password], pool=pool, records=caplog.records)
+
+
+# -- connect errors that retrying cannot fix -----------------------------------------------------------------------
+
+
+class _Forwarder:
+    """Forwards each TCP connection to ``upstream`` from the source address 127.0.0.2.
+
+    The server then sees a client its pg_hba.conf does not list (only 127.0.0.1/32 is), the way an application host
+    missing from pg_hba.conf is refused, with nothing changed on the server.
+    """
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self._upstream = upstream
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port = int(self._listener.getsockname()[1])
+        self._spawn(self._accept)
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name="test-forwarder", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            self._sockets.append(client)
+            self._spawn(self._forward, client)
+
+    def _forward(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self._upstream, timeout=10, source_address=("127.0.0.2", 0))
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        self._sockets.append(upstream)
+        self._spawn(self._pump, upstream, client)
+        self._pump(client, upstream)
+
+    @staticmethod
+    def _pump(source: socket.socket, destination: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                destination.sendall(data)
+        except OSError:
+            pass
+        try:
+            destination.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        for sock in self._sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+WAITERS = 8
+
+# (what is wrong, the error every waiter must get, what its message must say)
+REJECTIONS = {
+    "wrong password": (syncpool.AuthError, "password authentication failed"),
+    "unknown role": (syncpool.AuthError, "password authentication failed"),  # scram does not say which
+    "no user nor password": (syncpool.AuthError, "password"),  # "no password supplied", or a PGPASSWORD refused
+    "role may not log in": (syncpool.AuthError, "is not permitted to log in"),
+    "no pg_hba.conf entry": (syncpool.AuthError, 'no pg_hba.conf entry for host "127.0.0.2"'),
+    "unknown database": (syncpool.ConnectRejected, 'database "it_no_such_db" does not exist'),
+    "misspelt parameter": (syncpool.ConnectRejected, 'invalid connection option "hots"'),  # found by libpq
+}
+
+
+@pytest.mark.managed_servers("postgres")
+@pytest.mark.parametrize("problem", list(REJECTIONS))
+def test_a_connect_retrying_cannot_fix_fails_every_waiting_caller_at_once(
+    postgres_server: Any, problem: str, caplog: Any
+) -> None:
+    expected, says = REJECTIONS[problem]
+    caplog.set_level(logging.DEBUG)
+    role = f"it_rejected_{secrets.token_hex(4)}"
+    password = f"Right-{secrets.token_urlsafe(12)}"
+    wrong = f"Wrong-{secrets.token_urlsafe(12)}"
+    postgres_server.create_role(role, password)
+    if problem == "role may not log in":
+        postgres_server.execute(f"ALTER ROLE {role} NOLOGIN")
+    params = {"user": role, "password": password, "dbname": postgres_server.dbname}
+    if problem == "wrong password":
+        params["password"] = wrong
+    elif problem == "unknown role":
+        params["user"] = f"it_ghost_{secrets.token_hex(4)}"
+    elif problem == "no user nor password":
+        del params["user"], params["password"]
+    elif problem == "unknown database":
+        params["dbname"] = "it_no_such_db"
+    elif problem == "misspelt parameter":
+        params["hots"] = "db.example"
+    forwarder = _Forwarder((postgres_server.host, postgres_server.port)) if problem == "no pg_hba.conf entry" else None
+    port = forwarder.port if forwarder is not None else postgres_server.port
+    conninfo = " ".join(f"{key}={value}" for key, value in [("port", port), *params.items()])
+
+    def slow_conninfo() -> str:
+        time.sleep(0.3)  # each attempt lasts long enough for every caller to be waiting on it
+        return f"host={postgres_server.host} {conninfo}"
+
+    pool = Pool(PostgresConnector(slow_conninfo), max_size=4, timeout=30.0, name="it-rejected")
+    outcomes: list[tuple[BaseException | None, float]] = []
+    start = threading.Barrier(WAITERS)
+
+    def wait_for_a_connection() -> None:
+        start.wait()
+        began = time.monotonic()
+        try:
+            pool.putconn(pool.getconn(timeout=30.0))
+        except Exception as error:  # noqa: BLE001 - the outcome is the point
+            outcomes.append((error, time.monotonic() - began))
+        else:
+            outcomes.append((None, time.monotonic() - began))
+
+    callers = [threading.Thread(target=wait_for_a_connection, name=f"test-caller-{n}") for n in range(WAITERS)]
+    try:
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(timeout=60)
+        errors = [error for error, _ in outcomes]
+        assert len(outcomes) == WAITERS
+        for error in errors:
+            assert type(error) is expected, repr(error)
+            assert says in str(error)
+            assert isinstance(error.__cause__, psycopg.Error)
+        # Each caller was told at once, not after its 30 s timeout; one failed attempt reached several of them.
+        assert max(waited for _, waited in outcomes) < 10.0
+        assert pool.stats()["connect_errors"] < WAITERS
+        assert_no_secret([password, wrong], pool=pool, errors=errors, records=caplog.records)
+    finally:
+        pool.close()
+        if forwarder is not None:
+            forwarder.close()
+        postgres_server.execute(f"DROP OWNED BY {role}")
+        postgres_server.execute(f"DROP ROLE {role}")
