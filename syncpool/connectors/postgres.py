@@ -209,7 +209,9 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             rejection: type[ConnectRejected] | None = None
             if self.is_auth_error(error):
                 rejection, what = AuthError, "refused"
-            elif self.is_permanent(error):
+            elif isinstance(error, psycopg.OperationalError) and self.is_permanent(error):
+                # The server's answer; a conninfo psycopg refuses (ProgrammingError) is left as it is, and the pool
+                # reports it as ConnectRejected all the same.
                 rejection, what = ConnectRejected, "rejected the connection of"
             if rejection is None:
                 raise scrub_exception(error, secrets) from None
@@ -339,12 +341,13 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         An idle connection (nothing run, or committed already) costs one local status read and no round trip. An
         autocommit connection is left alone: a transaction opened on it with an explicit ``BEGIN`` is the caller's,
         and :meth:`reset` rolls it back with a warning. A transaction that failed inside the block (``INERROR``: an
-        error was caught and the block went on) cannot commit; on a clean exit it is rolled back with a warning, as
-        psycopg's ``COMMIT`` is turned into a rollback by the server, silently. A commit that fails (a deferred
-        constraint, a serialization failure, a lost connection) raises here, so the caller sees it and the pool
-        discards the connection. A rollback that fails after the block raised is logged instead, so that the
-        block's own error is the one that propagates; the pool's return checks then discard the connection.
-        A connection mid-command (an unfinished ``COPY``), closed or broken is left to :meth:`is_broken`.
+        error was caught and the block went on) cannot commit: on a clean exit it is rolled back with a warning
+        (psycopg's ``with conn:`` sends ``COMMIT``, which the server turns into a rollback without a word). A commit
+        that fails (a deferred constraint, a serialization failure, a lost connection) raises here, so the caller
+        sees it and the pool discards the connection. A rollback that fails after the block raised is logged
+        instead, so that the block's own error is the one that propagates; the return path then rolls back again
+        or discards the connection. A connection mid-command (an unfinished ``COPY``), closed or broken is left to
+        :meth:`is_broken`.
         """
         status = client.pgconn.transaction_status
         if status == _IDLE or status not in _REUSABLE or client.autocommit:

@@ -548,9 +548,13 @@ def test_role_that_may_not_log_in_raises_auth_error(postgres_server: Any) -> Non
 
 
 @pytest.mark.postgres
-def test_invalid_conninfo_is_permanent_and_masked(postgres_server: Any) -> None:
-    connector = PostgresConnector(f"{postgres_server.dsn} hots=elsewhere")
-    with pytest.raises(psycopg.ProgrammingError) as info:
+@pytest.mark.parametrize("where", ["conninfo", "keyword"])
+def test_invalid_conninfo_is_permanent_and_masked(postgres_server: Any, where: str) -> None:
+    if where == "conninfo":
+        connector = PostgresConnector(f"{postgres_server.dsn} hots=elsewhere")
+    else:
+        connector = PostgresConnector(postgres_server.dsn, hots="elsewhere")
+    with pytest.raises(psycopg.ProgrammingError) as info:  # psycopg's own error: the server never saw it
         connector.connect()
     assert "hots" in str(info.value)
     assert connector.is_permanent(info.value) and not connector.is_transient(info.value)
