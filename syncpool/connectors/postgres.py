@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from syncpool._secrets import (
     scrub_exception,
 )
 from syncpool.connector import Connector
-from syncpool.errors import AuthError
+from syncpool.errors import AuthError, ConnectRejected
 
 if TYPE_CHECKING:
     import psycopg
@@ -31,26 +32,39 @@ logger = logging.getLogger("syncpool")
 # as they are, never called to resolve them (a row factory is a callable too).
 _PSYCOPG_OPTIONS = frozenset({"autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory"})
 
-# Messages of the connection failures that mean "the server refused who we are". At connect time libpq reports
-# them as text only, so psycopg's OperationalError has no sqlstate to look at (checked with psycopg 3.3 / libpq 18).
-_AUTH_MESSAGES = (
-    "password authentication failed",
-    "authentication failed for user",  # ident, peer, ldap, radius, cert...
-    "no pg_hba.conf entry",
-    "pg_hba.conf rejects connection",
-    "no password supplied",
-    "is not permitted to log in",
-    "permission denied for database",
+# Connection failures that mean "the server refused who we are". At connect time libpq reports them as text only,
+# so psycopg's OperationalError has no sqlstate to look at (checked with psycopg 3.3 / libpq 18): the server's
+# English messages are matched, which holds for servers whose lc_messages is C or English (the default).
+_AUTH_MESSAGES = re.compile(
+    "|".join(
+        (
+            "password authentication failed",
+            "authentication failed for user",  # ident, peer, ldap, radius, cert...
+            r"no pg_hba\.conf entry",
+            r"pg_hba\.conf rejects connection",
+            "no password supplied",
+            "is not permitted to log in",
+            "permission denied for database",
+            r'role "[^\n]*" does not exist',  # 28000, under trust, peer or cert authentication
+        )
+    ),
+    re.IGNORECASE,
 )
 # PgBouncer checks SCRAM logins itself and says only this (PgBouncer 1.18); a refusal by the server behind it is
 # passed on in PostgreSQL's words.
 _PGBOUNCER_AUTH_MESSAGES = ("sasl authentication failed",)
 _AUTH_SQLSTATES = frozenset({"28000", "28P01"})  # invalid_authorization_specification, invalid_password
+# Connection failures that retrying cannot fix until someone changes the server or the conninfo.
+_PERMANENT_MESSAGES = re.compile(
+    r'database "[^\n]*" does not exist|is not currently accepting connections', re.IGNORECASE
+)
+_PERMANENT_SQLSTATES = frozenset({"3D000"})  # invalid_catalog_name: no such database
 _SERIALIZATION_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 
 # libpq's PGTransactionStatusType values (stable in libpq's ABI), so the return path needs no import or enum:
 # IDLE, INTRANS and INERROR can go back to the pool (the last two after a rollback); ACTIVE and UNKNOWN cannot.
 _IDLE = 0
+_INERROR = 3
 _REUSABLE = frozenset({0, 2, 3})
 
 #: Default libpq ``connect_timeout`` (seconds, per host tried) when neither the conninfo nor the keywords set one.
@@ -92,9 +106,14 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             ``row_factory``, ``prepare_threshold``...) are passed as they are. ``connect_timeout`` defaults to 10
             seconds when neither this nor the conninfo sets it, so that a connect cannot hang on a lost host.
 
-    Returned connections go back as they are when idle (no round trip); a transaction left open or failed is rolled
-    back with a warning; a connection in the middle of a command (an unfinished ``COPY``), in an unknown state,
-    closed or broken is discarded.
+    At the end of a ``with pool.connection()`` block the transaction is committed, or rolled back if the block
+    raised (see :meth:`release`; autocommit connections are left alone). Connections returned with ``putconn()``
+    go back as they are when idle (no round trip); a transaction left open or failed is rolled back with a warning.
+    A connection in the middle of a command (an unfinished ``COPY``), in an unknown state, closed or broken is
+    discarded.
+
+    Refused credentials and a missing database fail every waiting caller at once, as :class:`~syncpool.AuthError`
+    and :class:`~syncpool.ConnectRejected` (see :meth:`is_auth_error` and :meth:`is_permanent`).
     """
 
     def __init__(
@@ -167,8 +186,10 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
     def connect(self) -> psycopg.Connection[Any]:
         """Open a connection, run ``configure`` on it, and return it idle.
 
-        Raises :class:`~syncpool.AuthError` (chaining psycopg's error) when the server refuses the role or password;
-        any other psycopg error is re-raised as it is, its message cleared of the password.
+        Raises :class:`~syncpool.AuthError` when the server refuses who we are (see :meth:`is_auth_error`) and
+        :class:`~syncpool.ConnectRejected` when it rejects the connection for another reason retrying cannot fix
+        (see :meth:`is_permanent`), both with the server's message and chaining psycopg's error. Any other psycopg
+        error is re-raised as it is. Messages are cleared of the password either way.
         """
         import psycopg
         from psycopg.conninfo import conninfo_to_dict
@@ -185,12 +206,19 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         try:
             conn = connect(conninfo, **kwargs)
         except psycopg.Error as error:
+            rejection: type[ConnectRejected] | None = None
             if self.is_auth_error(error):
-                where = self._where(error, params, kwargs)
-                message = redact(str(error), secrets)
-                scrub_exception(error, secrets)
-                raise AuthError(f"PostgreSQL refused the credentials of {where}: {message}") from error
-            raise scrub_exception(error, secrets) from None
+                rejection, what = AuthError, "refused"
+            elif isinstance(error, psycopg.OperationalError) and self.is_permanent(error):
+                # The server's answer; a conninfo psycopg refuses (ProgrammingError) is left as it is, and the pool
+                # reports it as ConnectRejected all the same.
+                rejection, what = ConnectRejected, "rejected the connection of"
+            if rejection is None:
+                raise scrub_exception(error, secrets) from None
+            where = self._where(error, params, kwargs)
+            message = redact(str(error), secrets)
+            scrub_exception(error, secrets)
+            raise rejection(f"PostgreSQL {what} {where}: {message}") from error
         try:
             self._connected(conn)
             self._run_configure(conn)
@@ -306,6 +334,42 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         if status != TransactionStatus.IDLE:
             raise RuntimeError(f"connection still in transaction state {status.name} after rollback")
 
+    def release(self, client: psycopg.Connection[Any], error: BaseException | None) -> None:
+        """End the transaction of a ``with pool.connection()`` block: commit when it ended cleanly, roll back when it
+        raised, as psycopg's own ``with conn:`` (and psycopg_pool's ``connection()``) do.
+
+        An idle connection (nothing run, or committed already) costs one local status read and no round trip. An
+        autocommit connection is left alone: a transaction opened on it with an explicit ``BEGIN`` is the caller's,
+        and :meth:`reset` rolls it back with a warning. A transaction that failed inside the block (``INERROR``: an
+        error was caught and the block went on) cannot commit: on a clean exit it is rolled back with a warning
+        (psycopg's ``with conn:`` sends ``COMMIT``, which the server turns into a rollback without a word). A commit
+        that fails (a deferred constraint, a serialization failure, a lost connection) raises here, so the caller
+        sees it and the pool discards the connection. A rollback that fails after the block raised is logged
+        instead, so that the block's own error is the one that propagates; the return path then rolls back again
+        or discards the connection. A connection mid-command (an unfinished ``COPY``), closed or broken is left to
+        :meth:`is_broken`.
+        """
+        status = client.pgconn.transaction_status
+        if status == _IDLE or status not in _REUSABLE or client.autocommit:
+            return
+        if error is not None:
+            try:
+                client.rollback()
+            except Exception as rollback_error:  # noqa: BLE001 - the block's error matters more; reset() decides
+                logger.warning(
+                    "%s: rollback after an error in a with pool.connection() block failed: %s",
+                    self.description, rollback_error,
+                )
+        elif status == _INERROR:
+            logger.warning(
+                "%s: a with pool.connection() block ended cleanly in a failed transaction (an error was caught in "
+                "it); rolling back, its changes are lost",
+                self.description,
+            )
+            client.rollback()
+        else:
+            client.commit()
+
     def _recycle(self, client: psycopg.Connection[Any]) -> bool:
         """:meth:`is_broken`, then :meth:`reset` if it is not, in one call: the pool's return path (private).
 
@@ -345,8 +409,12 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             os.close(devnull)
 
     def is_auth_error(self, error: BaseException) -> bool:
-        """True for a refused role or password: SQLSTATE 28000/28P01, or the matching connect-time message (with
-        ``pgbouncer=True``, PgBouncer's own as well)."""
+        """True when the server refused who we are: a wrong password, an unknown role, a role that may not log in,
+        no ``pg_hba.conf`` entry for our address, user and database (or a ``reject`` one), no ``CONNECT`` privilege.
+
+        Looks at SQLSTATE 28000/28P01, or, for connect failures (where libpq gives no SQLSTATE), at the server's
+        English message (with ``pgbouncer=True``, PgBouncer's own as well).
+        """
         try:
             import psycopg
         except ImportError:  # pragma: no cover - psycopg missing: the error cannot be one of its
@@ -356,18 +424,46 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         if error.sqlstate in _AUTH_SQLSTATES:
             return True
         if isinstance(error, psycopg.OperationalError) and error.sqlstate is None:
-            message = str(error).lower()
-            fragments = _AUTH_MESSAGES + _PGBOUNCER_AUTH_MESSAGES if self.pgbouncer else _AUTH_MESSAGES
-            return any(fragment in message for fragment in fragments)
+            message = str(error)
+            if _AUTH_MESSAGES.search(message) is not None:
+                return True
+            return self.pgbouncer and any(fragment in message.lower() for fragment in _PGBOUNCER_AUTH_MESSAGES)
         return False
+
+    def is_permanent(self, error: BaseException) -> bool:
+        """True for a connect failure no retry can fix until the server or the conninfo changes, other than refused
+        credentials: an unknown database (3D000), a database not accepting connections (``ALLOW_CONNECTIONS
+        false``), or a conninfo psycopg cannot use (a misspelt parameter, an invalid value).
+
+        The pool reports such an error to every waiting caller at once as :class:`~syncpool.ConnectRejected`
+        (:meth:`connect` raises that class already, with the server's message).
+        """
+        if isinstance(error, ConnectRejected):
+            return True
+        try:
+            import psycopg
+        except ImportError:  # pragma: no cover
+            return False
+        if not isinstance(error, psycopg.Error) or self.is_auth_error(error):
+            return False
+        if error.sqlstate in _PERMANENT_SQLSTATES:
+            return True
+        if error.sqlstate is not None:
+            return False
+        if isinstance(error, psycopg.ProgrammingError):
+            # Raised client-side, before any I/O, for a conninfo libpq refuses ("invalid connection option"). A
+            # server-side error of the same class (from configure) has a SQLSTATE and is left to the retries.
+            return True
+        return isinstance(error, psycopg.OperationalError) and _PERMANENT_MESSAGES.search(str(error)) is not None
 
     def is_transient(self, error: BaseException) -> bool:
         """True if retrying on a fresh connection may succeed.
 
         Connection losses and timeouts (psycopg's ``OperationalError`` family, which includes admin shutdowns,
         cancelled statements and connect failures, and Python's own ``ConnectionError``/``TimeoutError``) are
-        transient, except refused credentials and a missing database. Serialization failures (40001) and deadlocks
-        (40P01) are transient only when the connector was built with ``retry_serialization=True``.
+        transient, except what :meth:`is_auth_error` and :meth:`is_permanent` recognise. Serialization failures
+        (40001) and deadlocks (40P01) are transient only when the connector was built with
+        ``retry_serialization=True``.
         """
         if isinstance(error, (ConnectionError, TimeoutError)):
             return True
@@ -379,11 +475,9 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             return False
         if error.sqlstate in _SERIALIZATION_SQLSTATES:
             return self.retry_serialization
-        if self.is_auth_error(error):
+        if self.is_auth_error(error) or self.is_permanent(error):
             return False
-        if isinstance(error, psycopg.OperationalError):
-            return not (error.sqlstate is None and "does not exist" in str(error))
-        return False
+        return isinstance(error, psycopg.OperationalError)
 
 
 class _CheckDeadline:

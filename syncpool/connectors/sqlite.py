@@ -18,6 +18,23 @@ logger = logging.getLogger("syncpool")
 # worth retrying, unlike a syntax error or a missing table (also OperationalError).
 _TRANSIENT_MESSAGES = ("database is locked", "database table is locked", "database is busy")
 
+# sqlite3.LEGACY_TRANSACTION_CONTROL (Python 3.12+): the value of Connection.autocommit when transactions follow
+# isolation_level, which is the only behaviour before 3.12 (where the attribute does not exist).
+_LEGACY = getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", -1)
+
+
+def _transaction_mode(conn: sqlite3.Connection) -> str:
+    """How ``conn`` handles transactions: "autocommit" (the caller issues BEGIN itself: ``autocommit=True``, or
+    ``isolation_level=None`` in legacy mode), "always" (PEP 249's ``autocommit=False``: a transaction is always
+    open, a new one begins after each commit or rollback) or "implicit" (legacy mode: sqlite3 opens one before a
+    data-modifying statement)."""
+    autocommit = getattr(conn, "autocommit", _LEGACY)
+    if autocommit is True:
+        return "autocommit"
+    if autocommit is False:
+        return "always"
+    return "autocommit" if conn.isolation_level is None else "implicit"
+
 
 class SQLiteConnector(Connector[sqlite3.Connection]):
     """Opens ``sqlite3.connect(database, check_same_thread=False, **kwargs)``.
@@ -28,6 +45,9 @@ class SQLiteConnector(Connector[sqlite3.Connection]):
     ``":memory:"`` gives every connection its own private, empty database, so a pool of them is rarely what you
     want: for one in-memory database shared by the pool use ``"file::memory:?cache=shared"`` (or
     ``"file:name?mode=memory&cache=shared"``) with ``uri=True``; it lives as long as one connection to it is open.
+
+    At the end of a ``with pool.connection()`` block the transaction is committed, or rolled back if the block
+    raised (see :meth:`release`); a connection returned with ``putconn()`` has an open transaction rolled back.
 
     Args:
         database: A path, ``":memory:"`` or (with ``uri=True``) a ``file:`` URI.
@@ -73,10 +93,50 @@ class SQLiteConnector(Connector[sqlite3.Connection]):
         return False
 
     def reset(self, client: sqlite3.Connection) -> None:
-        """Roll back a transaction left open, with a warning; nothing to do otherwise."""
-        if client.in_transaction:
-            logger.warning("%s: connection returned with a transaction open, rolling back", self.description)
+        """Roll back a transaction left open, with a warning; nothing to do otherwise.
+
+        With ``autocommit=False`` (Python 3.12+) a transaction is always open, so it is rolled back without a
+        warning: nothing tells forgotten changes from none. With ``autocommit=True`` ``rollback()`` does nothing,
+        so a transaction the caller opened with ``BEGIN`` is rolled back with a ``ROLLBACK`` statement.
+        """
+        if not client.in_transaction:
+            return
+        mode = _transaction_mode(client)
+        if mode == "always":
             client.rollback()
+            return
+        logger.warning("%s: connection returned with a transaction open, rolling back", self.description)
+        if mode == "autocommit":
+            client.execute("ROLLBACK")
+        else:
+            client.rollback()
+
+    def release(self, client: sqlite3.Connection, error: BaseException | None) -> None:
+        """End the transaction of a ``with pool.connection()`` block: commit when it ended cleanly, roll back when it
+        raised, as sqlite3's own ``with conn:`` does.
+
+        An autocommit connection (``autocommit=True``, or ``isolation_level=None`` in legacy mode) is left alone:
+        a transaction opened on it with ``BEGIN`` is the caller's, and :meth:`reset` rolls it back with a warning
+        (sqlite3's ``with conn:`` commits it under ``isolation_level=None``). A commit that fails (the database is
+        locked past the busy ``timeout``, a deferred foreign key) raises, so the caller sees it and the pool
+        discards the connection, which releases its locks. A rollback that fails after the block raised is logged
+        instead, so that the block's own error is the one that propagates.
+        """
+        try:
+            if not client.in_transaction or _transaction_mode(client) == "autocommit":
+                return
+        except sqlite3.ProgrammingError:  # closed inside the block: is_broken() discards it
+            return
+        if error is None:
+            client.commit()
+            return
+        try:
+            client.rollback()
+        except sqlite3.Error as rollback_error:
+            logger.warning(
+                "%s: rollback after an error in a with pool.connection() block failed: %s",
+                self.description, rollback_error,
+            )
 
     def close(self, client: sqlite3.Connection) -> None:
         """Close the connection."""

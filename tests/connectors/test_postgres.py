@@ -15,7 +15,7 @@ import pytest
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
-from syncpool import AuthError, Pool
+from syncpool import AuthError, ConnectRejected, Pool
 from syncpool.connectors import PostgresConnector
 
 # -- without a server ------------------------------------------------------------------------------------------
@@ -52,8 +52,38 @@ def test_is_auth_error_classification() -> None:
     )
     assert connector.is_auth_error(pg_errors.InvalidPassword())
     assert connector.is_auth_error(pg_errors.InvalidAuthorizationSpecification())
+    for message in (
+        'FATAL:  role "ghost" does not exist',  # 28000 under trust, peer or cert authentication
+        'FATAL:  pg_hba.conf rejects connection for host "10.0.0.1", user "app", database "app", no encryption',
+        'FATAL:  role "app" is not permitted to log in',
+        "fe_sendauth: no password supplied",
+        'FATAL:  Peer authentication failed for user "app"',
+    ):
+        assert connector.is_auth_error(psycopg.OperationalError(f"connection failed: {message}")), message
     assert not connector.is_auth_error(psycopg.OperationalError("connection refused"))
+    assert not connector.is_auth_error(psycopg.OperationalError('FATAL:  database "x" does not exist'))
     assert not connector.is_auth_error(ValueError("password authentication failed"))
+    # The same words from a query (SET ROLE ghost) carry a SQLSTATE of their own: not a refused login.
+    assert not connector.is_auth_error(pg_errors.UndefinedObject('role "ghost" does not exist'))
+
+
+def test_is_permanent_classification() -> None:
+    connector = PostgresConnector("")
+    assert connector.is_permanent(psycopg.OperationalError('connection failed: FATAL:  database "x" does not exist'))
+    assert connector.is_permanent(pg_errors.InvalidCatalogName())
+    assert connector.is_permanent(
+        psycopg.OperationalError('FATAL:  database "x" is not currently accepting connections')
+    )
+    assert connector.is_permanent(psycopg.ProgrammingError('invalid connection option "hots"'))
+    assert connector.is_permanent(ConnectRejected("rejected"))
+    # Refused credentials are is_auth_error's; outages and server-side errors of configure are retried.
+    assert not connector.is_permanent(psycopg.OperationalError('FATAL:  password authentication failed for user "a"'))
+    assert not connector.is_permanent(psycopg.OperationalError("connection refused"))
+    assert not connector.is_permanent(psycopg.OperationalError("FATAL:  the database system is starting up"))
+    assert not connector.is_permanent(pg_errors.TooManyConnections())
+    assert not connector.is_permanent(pg_errors.UndefinedTable())
+    assert not connector.is_permanent(pg_errors.SyntaxError())
+    assert not connector.is_permanent(ValueError('database "x" does not exist'))
 
 
 @pytest.mark.parametrize("retry_serialization", [False, True])
@@ -70,6 +100,8 @@ def test_is_transient_classification(retry_serialization: bool) -> None:
         psycopg.OperationalError('FATAL:  password authentication failed for user "a"')
     )
     assert not connector.is_transient(psycopg.OperationalError('FATAL:  database "nodb" does not exist'))
+    assert not connector.is_transient(psycopg.OperationalError('FATAL:  role "nobody" does not exist'))
+    assert not connector.is_transient(psycopg.ProgrammingError('invalid connection option "hots"'))
     assert not connector.is_transient(pg_errors.SyntaxError())
     assert not connector.is_transient(pg_errors.UniqueViolation())
     assert not connector.is_transient(ValueError())
@@ -212,6 +244,134 @@ def test_failed_rollback_raises_so_the_pool_discards(
         conn.close()
 
 
+# -- the end of a with pool.connection() block: release -----------------------------------------------------------
+
+
+def _with_temp_table(conn: Any) -> None:
+    conn.execute("CREATE TEMP TABLE t (x int)")
+    conn.commit()
+
+
+def _no_io(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("release talked to the server")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("error", [None, ValueError("the block failed")])
+def test_release_of_an_idle_connection_does_no_round_trip(
+    connector: PostgresConnector, conn: Any, error: Exception | None
+) -> None:
+    conn.execute("SELECT 1")
+    conn.commit()
+    conn.commit = conn.rollback = conn.execute = _no_io
+    connector.release(conn, error)
+
+
+@pytest.mark.postgres
+def test_release_commits_a_clean_block(
+    connector: PostgresConnector, conn: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    _with_temp_table(conn)
+    conn.execute("INSERT INTO t VALUES (1)")
+    with caplog.at_level(logging.WARNING, logger="syncpool"):
+        connector.release(conn, None)
+    assert conn.info.transaction_status == TransactionStatus.IDLE
+    conn.rollback()  # nothing left to roll back: the row was committed
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    assert caplog.records == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("state", ["INTRANS", "INERROR"])
+def test_release_rolls_back_when_the_block_raised(
+    connector: PostgresConnector, conn: Any, state: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _with_temp_table(conn)
+    conn.execute("INSERT INTO t VALUES (1)")
+    if state == "INERROR":
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1 / 0")
+    with caplog.at_level(logging.WARNING, logger="syncpool"):
+        connector.release(conn, ValueError("the block failed"))
+    assert conn.info.transaction_status == TransactionStatus.IDLE
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    assert caplog.records == []  # rolling back a block that raised is the normal path
+
+
+@pytest.mark.postgres
+def test_release_rolls_back_a_failed_transaction_on_a_clean_exit_with_a_warning(
+    connector: PostgresConnector, conn: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    _with_temp_table(conn)
+    conn.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(psycopg.errors.DivisionByZero):  # caught in the block, which then ends cleanly
+        conn.execute("SELECT 1 / 0")
+    with caplog.at_level(logging.WARNING, logger="syncpool"):
+        connector.release(conn, None)
+    assert conn.info.transaction_status == TransactionStatus.IDLE
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    (record,) = caplog.records
+    assert "failed transaction" in record.getMessage() and connector.description in record.getMessage()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("error", [None, ValueError("the block failed")])
+def test_release_leaves_an_autocommit_connection_alone(
+    postgres_server: Any, error: Exception | None
+) -> None:
+    connector = PostgresConnector(postgres_server.dsn, autocommit=True)
+    conn = connector.connect()
+    try:
+        conn.execute("BEGIN")  # the caller's own transaction, on a connection that asked for autocommit
+        conn.execute("SELECT 1")
+        conn.commit = conn.rollback = conn.execute = _no_io
+        connector.release(conn, error)
+        assert conn.info.transaction_status == TransactionStatus.INTRANS  # reset() rolls it back, with a warning
+    finally:
+        conn.close()
+
+
+@pytest.mark.postgres
+def test_release_raises_a_failed_commit(connector: PostgresConnector, conn: Any) -> None:
+    conn.execute("CREATE TEMP TABLE u (x int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+    conn.commit()
+    conn.execute("INSERT INTO u VALUES (1), (1)")  # checked at COMMIT
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        connector.release(conn, None)
+    assert conn.execute("SELECT count(*) FROM u").fetchone() == (0,)
+
+
+@pytest.mark.postgres
+def test_release_logs_a_failed_rollback_and_keeps_the_blocks_error(
+    postgres_server: Any, connector: PostgresConnector, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = connector.connect()
+    try:
+        conn.execute("SELECT 1")
+        _terminate(postgres_server, conn)
+        time.sleep(0.1)
+        with caplog.at_level(logging.WARNING, logger="syncpool"):
+            connector.release(conn, ValueError("the block failed"))  # does not replace the block's error
+        assert "rollback" in caplog.records[0].getMessage()
+        assert connector.is_broken(conn)  # so the pool discards it
+    finally:
+        conn.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("error", [None, ValueError("the block failed")])
+def test_release_leaves_a_busy_or_closed_connection_to_is_broken(
+    connector: PostgresConnector, conn: Any, error: Exception | None
+) -> None:
+    copy = conn.cursor().copy("COPY (SELECT generate_series(1, 10)) TO STDOUT")
+    copy.__enter__()  # mid-command: neither commit nor rollback may be sent
+    connector.release(conn, error)
+    assert connector.is_broken(conn)
+    conn.close()
+    connector.release(conn, error)
+    assert connector.is_broken(conn)
+
+
 # -- the pool's return path: _recycle, or is_broken then reset --------------------------------------------------
 
 
@@ -344,12 +504,60 @@ def test_unknown_role_raises_auth_error(postgres_server: Any) -> None:
 
 
 @pytest.mark.postgres
-def test_missing_database_is_not_an_auth_error(postgres_server: Any) -> None:
+def test_missing_database_raises_connect_rejected_with_the_servers_message(postgres_server: Any) -> None:
     connector = PostgresConnector(postgres_server.dsn, dbname="no_such_db_here")
-    with pytest.raises(psycopg.OperationalError) as info:
+    with pytest.raises(ConnectRejected) as info:
         connector.connect()
     assert not isinstance(info.value, AuthError)
-    assert not connector.is_transient(info.value)
+    message = str(info.value)
+    assert 'database "no_such_db_here" does not exist' in message
+    assert postgres_server.user in message and str(postgres_server.port) in message
+    cause = info.value.__cause__
+    assert isinstance(cause, psycopg.OperationalError)
+    assert connector.is_permanent(cause) and not connector.is_transient(cause)
+    for text in (message, str(cause), repr(cause)):
+        assert postgres_server.password not in text
+
+
+@pytest.mark.postgres
+@pytest.mark.managed_servers("postgres")
+def test_database_closed_to_connections_raises_connect_rejected(postgres_server: Any) -> None:
+    name = f"closed_{uuid.uuid4().hex[:8]}"
+    postgres_server.execute(f"CREATE DATABASE {name}")
+    try:
+        postgres_server.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        with pytest.raises(ConnectRejected, match="not currently accepting connections") as info:
+            PostgresConnector(postgres_server.dsn, dbname=name).connect()
+        assert not isinstance(info.value, AuthError)
+    finally:
+        postgres_server.execute(f"DROP DATABASE {name}")
+
+
+@pytest.mark.postgres
+@pytest.mark.managed_servers("postgres")
+def test_role_that_may_not_log_in_raises_auth_error(postgres_server: Any) -> None:
+    role = f"nologin_{uuid.uuid4().hex[:8]}"
+    postgres_server.execute(f"CREATE ROLE {role} NOLOGIN PASSWORD 'nologin-secret'")
+    try:
+        connector = PostgresConnector(postgres_server.dsn, user=role, password="nologin-secret")
+        with pytest.raises(AuthError, match="is not permitted to log in") as info:
+            connector.connect()
+        assert "nologin-secret" not in str(info.value) and role in str(info.value)
+    finally:
+        postgres_server.execute(f"DROP ROLE {role}")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("where", ["conninfo", "keyword"])
+def test_invalid_conninfo_is_permanent_and_masked(postgres_server: Any, where: str) -> None:
+    if where == "conninfo":
+        connector = PostgresConnector(f"{postgres_server.dsn} hots=elsewhere")
+    else:
+        connector = PostgresConnector(postgres_server.dsn, hots="elsewhere")
+    with pytest.raises(psycopg.ProgrammingError) as info:  # psycopg's own error: the server never saw it
+        connector.connect()
+    assert "hots" in str(info.value)
+    assert connector.is_permanent(info.value) and not connector.is_transient(info.value)
     assert postgres_server.password not in str(info.value)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,3 +113,133 @@ def test_locked_database_error_is_transient(tmp_path: Path) -> None:
     a.rollback()
     a.close()
     b.close()
+
+
+# -- the end of a with pool.connection() block: release -----------------------------------------------------------
+
+needs_autocommit_attribute = pytest.mark.skipif(
+    sys.version_info < (3, 12), reason="sqlite3.Connection.autocommit is new in Python 3.12"
+)
+
+
+def _open(tmp_path: Path, **kwargs: Any) -> tuple[SQLiteConnector, sqlite3.Connection, list[str]]:
+    """A connector, one of its connections with a table ``t``, and the statements it runs from now on."""
+    connector = SQLiteConnector(tmp_path / "db.sqlite", **kwargs)
+    conn = connector.connect()
+    conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+    if conn.in_transaction:
+        conn.commit()
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    return connector, conn, statements
+
+
+def _rows(tmp_path: Path) -> int:
+    """The rows of ``t`` as another connection sees them: committed ones only."""
+    with sqlite3.connect(tmp_path / "db.sqlite") as other:
+        count: int = other.execute("SELECT count(*) FROM t").fetchone()[0]
+    other.close()
+    return count
+
+
+def test_release_commits_a_clean_block(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    connector, conn, statements = _open(tmp_path)
+    conn.execute("INSERT INTO t VALUES (1)")
+    with caplog.at_level(logging.WARNING, logger="syncpool"):
+        connector.release(conn, None)
+    assert not conn.in_transaction and _rows(tmp_path) == 1
+    assert statements[-1] == "COMMIT" and caplog.records == []
+    conn.close()
+
+
+def test_release_rolls_back_when_the_block_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    connector, conn, statements = _open(tmp_path)
+    conn.execute("INSERT INTO t VALUES (1)")
+    with caplog.at_level(logging.WARNING, logger="syncpool"):
+        connector.release(conn, ValueError("the block failed"))
+    assert not conn.in_transaction and _rows(tmp_path) == 0
+    assert statements[-1] == "ROLLBACK" and caplog.records == []
+    conn.close()
+
+
+@pytest.mark.parametrize("error", [None, ValueError("the block failed")])
+def test_release_of_an_idle_connection_runs_nothing(tmp_path: Path, error: Exception | None) -> None:
+    connector, conn, statements = _open(tmp_path)
+    conn.execute("SELECT count(*) FROM t").fetchone()
+    del statements[:]
+    connector.release(conn, error)
+    assert statements == []
+    conn.close()
+
+
+@pytest.mark.parametrize("error", [None, ValueError("the block failed")])
+def test_release_leaves_an_isolation_level_none_connection_alone(
+    tmp_path: Path, error: Exception | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    connector, conn, statements = _open(tmp_path, isolation_level=None)
+    conn.execute("BEGIN")  # the caller's own transaction, on a connection that asked for autocommit
+    conn.execute("INSERT INTO t VALUES (1)")
+    del statements[:]
+    connector.release(conn, error)
+    assert statements == [] and conn.in_transaction
+    with caplog.at_level(logging.WARNING, logger="syncpool"):
+        connector.reset(conn)  # the return path: rolled back, with a warning
+    assert not conn.in_transaction and _rows(tmp_path) == 0
+    assert any("rolling back" in r.getMessage() for r in caplog.records)
+    conn.close()
+
+
+def test_release_raises_a_failed_commit(tmp_path: Path) -> None:
+    connector, conn, _ = _open(tmp_path)
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    conn.execute("CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)")
+    conn.commit()
+    conn.execute("INSERT INTO child VALUES (42)")  # checked at COMMIT
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        connector.release(conn, None)
+    conn.close()
+
+
+@pytest.mark.parametrize("error", [None, ValueError("the block failed")])
+def test_release_leaves_a_closed_connection_to_is_broken(tmp_path: Path, error: Exception | None) -> None:
+    connector, conn, _ = _open(tmp_path)
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.close()
+    connector.release(conn, error)
+    assert connector.is_broken(conn)
+
+
+@needs_autocommit_attribute
+def test_autocommit_true_is_left_alone_and_reset_still_rolls_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    connector, conn, statements = _open(tmp_path, autocommit=True)
+    conn.execute("INSERT INTO t VALUES (1)")  # committed at once
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO t VALUES (2)")
+    del statements[:]
+    connector.release(conn, None)
+    assert statements == [] and conn.in_transaction
+    with caplog.at_level(logging.WARNING, logger="syncpool"):
+        connector.reset(conn)  # rollback() does nothing under autocommit=True: reset must still end it
+    assert not conn.in_transaction and _rows(tmp_path) == 1
+    assert any("rolling back" in r.getMessage() for r in caplog.records)
+    conn.close()
+
+
+@needs_autocommit_attribute
+def test_autocommit_false_commits_a_clean_block_and_resets_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    connector, conn, _ = _open(tmp_path, autocommit=False)
+    conn.execute("INSERT INTO t VALUES (1)")
+    with caplog.at_level(logging.WARNING, logger="syncpool"):
+        connector.release(conn, None)
+        assert _rows(tmp_path) == 1
+        conn.execute("INSERT INTO t VALUES (2)")
+        connector.release(conn, ValueError("the block failed"))
+        connector.reset(conn)  # PEP 249 mode: a transaction is always open, which is no reason to warn
+    assert _rows(tmp_path) == 1
+    assert caplog.records == []
+    conn.close()

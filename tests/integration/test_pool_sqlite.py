@@ -98,3 +98,71 @@ def test_database_locked_by_another_writer_is_the_documented_error(database: Pat
             conn.execute("BEGIN IMMEDIATE")
             conn.rollback()
         assert pool.stats()["in_use"] == 0
+
+
+# -- the end of a with pool.connection() block: commit, or roll back ---------------------------------------------
+
+
+def _rows(database: Path) -> int:
+    """The rows of ``t`` as another connection sees them: committed ones only."""
+    other = sqlite3.connect(database)
+    try:
+        count: int = other.execute("SELECT count(*) FROM t").fetchone()[0]
+    finally:
+        other.close()
+    return count
+
+
+def _warnings(caplog: Any) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "syncpool" and r.levelno >= logging.WARNING]
+
+
+def test_a_clean_block_commits_and_a_raising_one_leaves_nothing(database: Path, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, logger="syncpool")
+    with Pool(SQLiteConnector(database), max_size=1, name="it-sqlite-commit") as pool:
+        with pool.connection() as conn:
+            conn.execute("INSERT INTO t VALUES (1)")  # no commit: the end of the block commits
+            assert _rows(database) == 0
+        assert _rows(database) == 1
+        failure = RuntimeError("the block failed")
+        with pytest.raises(RuntimeError) as caught, pool.connection() as again:
+            again.execute("INSERT INTO t VALUES (2)")
+            raise failure
+        assert caught.value is failure
+        assert _rows(database) == 1
+        with pool.connection() as last:
+            assert last is conn and again is conn and not last.in_transaction
+        assert _warnings(caplog) == []
+        assert not any(pool.stats()["discards"].values())
+
+
+def test_an_autocommit_connection_is_left_alone(database: Path, caplog: Any) -> None:
+    with Pool(SQLiteConnector(database, isolation_level=None), max_size=1, name="it-sqlite-autocommit") as pool:
+        with pytest.raises(RuntimeError), pool.connection() as conn:
+            conn.execute("INSERT INTO t VALUES (1)")  # autocommit: written at once, block or no block
+            raise RuntimeError("the block failed")
+        assert _rows(database) == 1
+        with caplog.at_level(logging.WARNING, logger="syncpool"), pool.connection() as conn:
+            conn.execute("BEGIN")  # the caller's own transaction: not committed for them
+            conn.execute("INSERT INTO t VALUES (2)")
+        assert _rows(database) == 1
+        assert any("rolling back" in warning for warning in _warnings(caplog))
+
+
+def test_a_commit_that_fails_reaches_the_caller_and_the_connection_is_replaced(database: Path) -> None:
+    with Pool(SQLiteConnector(database, timeout=0.05), max_size=1, name="it-sqlite-locked-commit") as pool:
+        reader = sqlite3.connect(database)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"), pool.connection() as conn:
+                conn.execute("INSERT INTO t VALUES (1)")
+                reader.execute("BEGIN")
+                reader.execute("SELECT count(*) FROM t").fetchone()  # a read lock the commit must wait for
+        finally:
+            reader.close()
+        assert _rows(database) == 0
+        assert pool.stats()["discards"]["reset_failed"] == 1
+        with pool.connection() as again:
+            assert again is not conn
+            again.execute("INSERT INTO t VALUES (2)")
+        assert _rows(database) == 1
+
