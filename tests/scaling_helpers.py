@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +41,15 @@ class JournalingPostgresConnector(PostgresConnector):
         super().close(client)
 
 
-def read_journal(path: str | Path) -> dict[int, dict[str, set[str]]]:
-    """Return ``{pid: {"open": {backend, ...}, "close": {backend, ...}, "teardown": {state, ...}}}``."""
-    events: dict[int, dict[str, set[str]]] = {}
+def read_journal(path: str | Path) -> dict[int, defaultdict[str, set[str]]]:
+    """Return ``{pid: {event: {value, ...}}}`` from a journal file: ``open`` and ``close`` hold backend pids, other
+    events what the tests wrote (an event never written reads as an empty set)."""
+    events: dict[int, defaultdict[str, set[str]]] = {}
     if not Path(path).exists():
         return events
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         event, pid, value = line.split()
-        events.setdefault(int(pid), {"open": set(), "close": set(), "teardown": set()})[event].add(value)
+        events.setdefault(int(pid), defaultdict(set))[event].add(value)
     return events
 
 
