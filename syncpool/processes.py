@@ -26,7 +26,9 @@ pickled. Celery's ``worker_process_init`` / ``worker_process_shutdown`` signals 
 :func:`open_pools` and :func:`close_pools` are the reference-counted layer below, which
 :class:`syncpool.dask.PoolPlugin` also uses: several users in one process (two Dask workers in one process, an
 initializer and a plugin) share one pool per name, and the last one to let go closes it. A pool that was already in
-the registry before :func:`open_pools` found it is used but never closed here: whoever registered it owns it.
+the registry before :func:`open_pools` found it is used but never closed here: whoever registered it owns it. The
+exception is a forked child, which owns every pool it inherited: the parent's pools are emptied copies there, and
+nothing else in the child will close them.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ _held: dict[str, _Held] = {}
 # What init_process opened in this process, and the pid whose exit hooks are registered.
 _init_names: list[str] = []
 _hooked_pid: int | None = None
+_forked_child = False
 
 
 def check_pools(pools: Any) -> dict[str, dict[str, Any] | None]:
@@ -155,7 +158,7 @@ def _acquire(name: str, config: Mapping[str, Any] | None) -> None:
         if held is not None and held.pool is pool:
             held.users += 1
         else:
-            _held[name] = _Held(pool, users=1, owned=name not in existing)
+            _held[name] = _Held(pool, users=1, owned=_forked_child or name not in existing)
             logger.info("pool %r: opened for this process (pid %d)", name, os.getpid())
 
 
@@ -262,14 +265,16 @@ def _check_timeout(timeout: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
-    """In a forked child, the parent's users do not exist: the child owns its copies of the owned pools (empty,
-    never touching the parent's clients) until something in the child opens and closes them."""
-    global _lock, _hooked_pid
+    """In a forked child, the parent's users do not exist: the child owns its copies of the parent's pools (empty,
+    never touching the parent's clients), to be closed by whatever in the child opens and then closes them."""
+    global _lock, _hooked_pid, _forked_child
     _lock = threading.Lock()  # it may have been held by another thread of the parent
     for held in _held.values():
         held.users = 0
+        held.owned = True
     _init_names.clear()
     _hooked_pid = None
+    _forked_child = True
 
 
 if hasattr(os, "register_at_fork"):
