@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +23,7 @@ import pytest
 from syncpool import processes, registry
 from tests.scaling_helpers import backend_of, journal_line, read_journal
 
+ROOT = Path(__file__).resolve().parent.parent
 START_METHODS = [method for method in ("fork", "spawn", "forkserver") if method in multiprocessing.get_all_start_methods()]
 
 
@@ -259,3 +262,19 @@ def test_describe_pools_masks_secrets() -> None:
     })
     assert "hunter" not in repr(described)
     assert described["other"]["options"]["urls"] == ["https://u:***@h"]
+
+
+def test_nothing_but_syncpool_dask_needs_distributed() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['distributed'] = None  # as if it were not installed\n"
+        "import syncpool, syncpool.processes, syncpool.demo, syncpool.demo_dask\n"
+        "try:\n"
+        "    import syncpool.dask\n"
+        "except ImportError as error:\n"
+        "    assert 'pip install \"syncpool[dask]\"' in str(error), error\n"
+        "else:\n"
+        "    raise AssertionError('syncpool.dask imported without distributed')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
