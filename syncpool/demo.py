@@ -232,6 +232,7 @@ def _run_on_dask(config: DemoConfig, out: IO[str], say: Callable[[str], None]) -
             f"{pool_size} per process (at most {len(pids) * pool_size} connections per service), run {run_id}")
 
         failed = False
+        secrets = conninfo_secrets(dsn)
         phases: list[tuple[str, Callable[[Any, dict[str, Any]], Any]]] = [
             ("postgres", _insert_row), ("s3", _put_object(config.bucket)), ("elasticsearch", _index_document),
         ]
@@ -242,7 +243,8 @@ def _run_on_dask(config: DemoConfig, out: IO[str], say: Callable[[str], None]) -
             if result.first_error is not None:
                 failed = True
                 index, message = result.first_error
-                say(f"  {label:<13} first failure (order {index + 1}): {message}")
+                say(f"  {label:<13} {result.failed} of {len(orders)} orders failed; first failure at order "
+                    f"{index + 1}: {redact(message, secrets)}")
 
         counts = _verify(pools, config.bucket, run_id)
         expected = len(orders)

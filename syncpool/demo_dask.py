@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import registry
-from .batch import map_pool
+from .batch import _describe_failure, map_pool
 
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster
@@ -49,7 +49,8 @@ class PartitionResult:
         succeeded: Items whose function returned.
         failed: Items whose function raised.
         elapsed: Seconds the partition took on the worker.
-        first_error: ``(index in the whole batch, "Type: message")`` of the first failed item, or None.
+        first_error: ``(index in the whole batch, "module.Type: message")`` of the first failed item (secrets
+            masked), or None.
     """
 
     worker: str
@@ -246,18 +247,13 @@ def _run_partition(
     """Run on a worker: one partition through this process's pool."""
     from distributed import get_worker
 
-    result = map_pool(registry.get_pool(pool_name), fn, items, workers=workers, progress=False)
+    result = map_pool(registry.get_pool(pool_name), fn, items, workers=workers, progress=False, on_error="collect")
     first_error = None
     if result.errors:
         index, _, error = result.errors[0]
-        first_error = (offset + index, _one_line(error))
+        # Described as a BatchError would describe it: one line, what looks like a secret masked.
+        first_error = (offset + index, _describe_failure(error))
     return PartitionResult(
         worker=get_worker().address, pid=os.getpid(), items=len(items), succeeded=result.succeeded,
         failed=result.failed, elapsed=result.elapsed, first_error=first_error,
     )
-
-
-def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

@@ -74,3 +74,11 @@ def backend_of(n: int, pool_name: str = "db", hold: float = 0.005) -> tuple[int,
 def pool_state(pool_name: str = "db") -> str:
     """A task: the state of this process's pool."""
     return str(registry.get_pool(pool_name).state)
+
+
+def square_or_fail(conn: Any, n: int) -> int:
+    """An operation for :class:`syncpool.demo_dask.DaskEngine`: fails on multiples of 7, with a secret in the
+    message."""
+    if n % 7 == 0:
+        raise ValueError(f"item {n} refused by host=db password=hunter2")
+    return int(conn.execute("SELECT ? * ?", (n, n)).fetchone()[0])

@@ -376,3 +376,26 @@ def test_dask_scheduler_and_workers_started_from_the_command_line(
     _wait_for(lambda: _sessions(postgres_server, application_name) == 0, "the server to see every session end", 15)
     logs = "".join((tmp_path / f"worker-{n}.log").read_text() for n in range(2))
     assert postgres_server.password not in logs
+
+
+def test_the_demo_engine_partitions_a_batch_over_worker_processes(tmp_path: Path) -> None:
+    from syncpool.demo_dask import DaskEngine
+    from tests.scaling_helpers import square_or_fail
+
+    database = tmp_path / "engine.db"
+    with DaskEngine(processes=2) as engine:
+        pids = engine.worker_pids()
+        assert len(pids) == 2 and os.getpid() not in pids.values()
+        engine.open_pools({"db": {"connector": "sqlite", "options": {"database": str(database)},
+                                  "pool": {"max_size": 2}}})
+        result = engine.map("db", square_or_fail, list(range(1, 51)), workers=2)
+        assert [p.items for p in result.partitions] == [25, 25]
+        assert {(p.worker, p.pid) for p in result.partitions} == set(pids.items())  # one partition per process
+        assert (result.succeeded, result.failed) == (43, 7)
+        index, message = result.first_error  # type: ignore[misc]
+        assert index == 6  # the item 7, counted over the whole batch
+        assert message.startswith("ValueError: item 7 refused") and "hunter2" not in message
+        report = engine.stats()
+        assert report["total"]["db"]["leases_total"] == 50 and report["total"]["db"]["processes"] == 2
+        engine.close_pools()
+        assert engine.stats()["total"] == {}  # the plugin is gone, and with it the pools
