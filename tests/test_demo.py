@@ -167,3 +167,74 @@ def test_tables_format_stats() -> None:
     rows = format_client_stats([client_stats, {}]).splitlines()
     assert rows[2].split() == ["pg", "(all)", "3", "1", "1.5", "0.50", "4.00"]
     assert rows[3].split()[1] == "execute"
+
+
+# -- the dask engine ---------------------------------------------------------------------------------------------------
+
+
+def test_engine_options_are_listed() -> None:
+    result = _run("demo", "--help")
+    assert result.returncode == 0
+    for option in ("--engine", "--processes", "--scheduler"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--engine", "spark"], "--engine"),
+        (["--processes", "2"], "--engine dask"),
+        (["--scheduler", "tcp://127.0.0.1:8786"], "--engine dask"),
+        (["--engine", "dask", "--processes", "2", "--scheduler", "tcp://127.0.0.1:8786"], "not both"),
+        (["--engine", "dask", "--processes", "0"], "--processes"),
+    ],
+)
+def test_bad_engine_arguments_give_one_line_and_status_2(args: list[str], fragment: str) -> None:
+    result = _run("demo", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and fragment in lines[0], result.stderr
+    _no_traceback(result)
+
+
+def test_demo_config_checks_the_engine() -> None:
+    with pytest.raises(ValueError, match="engine must be one of threads, dask"):
+        DemoConfig(engine="spark")
+    with pytest.raises(ValueError, match="processes must be >= 1"):
+        DemoConfig(engine="dask", processes=0)
+    with pytest.raises(ValueError, match="scheduler needs engine='dask'"):
+        DemoConfig(scheduler="tcp://127.0.0.1:8786")
+
+
+def test_an_unreachable_dask_scheduler_fails_fast_in_one_line() -> None:
+    pytest.importorskip("distributed")
+    started = time.monotonic()
+    result = _run("demo", "--engine", "dask", "--scheduler", "tcp://127.0.0.1:1", timeout=60)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert errors == ["error: cannot reach the Dask scheduler at tcp://127.0.0.1:1: connection refused"], result.stderr
+    assert "PostgreSQL" not in result.stderr  # no server was started for nothing
+    _no_traceback(result)
+
+
+@pytest.mark.slow
+def test_the_demo_on_dask_worker_processes() -> None:
+    pytest.importorskip("distributed")
+    result = _run("demo", "--engine", "dask", "--processes", "2", "--records", "200", "--workers", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout.splitlines()
+    for line in ("postgres rows", "s3 objects", "elasticsearch docs"):
+        assert any(row.startswith(line) and row.split()[-3:] == ["200", "200", "yes"] for row in out)
+    assert "2 worker processes" in result.stderr
+    first = next(n for n, row in enumerate(out) if row.startswith("Pool stats"))
+    last = next(n for n, row in enumerate(out) if row.startswith("Client stats"))
+    pool_rows = [row.split() for row in out[first:last]]
+    for pool in ("postgres", "s3", "elasticsearch"):
+        workers = [row for row in pool_rows if row and row[0].endswith(f"/{pool}") and row[0].startswith("127.0.0.1:")]
+        assert len({row[0] for row in workers}) == 2, workers  # one row per worker process
+        assert sum(int(row[5]) for row in workers) == 200  # the leases column: every order, once
+        total = next(row for row in pool_rows if row and row[0] == f"total/{pool}")
+        assert total[4] == "4" and total[5] == "200"  # max: 2 processes x pool size 2
+    assert any(row.split()[:2] == ["total/s3", "put_object"] for row in out)
+    _no_traceback(result)
