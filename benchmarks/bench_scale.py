@@ -440,9 +440,11 @@ def report(matrix: dict[str, list[Setup]], measured: dict[Setup, Measurements], 
         for row in rows:
             print(line(row))
     cores = os.cpu_count() or 1
-    print(f"\nThis machine has {cores} core{'s' if cores != 1 else ''}, shared by PostgreSQL, PgBouncer, the client "
-          "processes and Dask's scheduler:\nmore processes cannot go faster here. Read the tables for connection "
-          "counts and for the cost of each hop\n(a process boundary, a bouncer), not for speed-up.")
+    bouncer = any(setup.route == "pgbouncer" for setups in matrix.values() for setup in setups)
+    print(f"\nThis machine has {cores} core{'s' if cores != 1 else ''}, shared by PostgreSQL, "
+          f"{'PgBouncer, ' if bouncer else ''}the client processes and Dask's scheduler:\nmore processes cannot go "
+          "faster here. Read the tables for connection counts and for the cost of each hop\n"
+          f"(a process boundary{', a bouncer' if bouncer else ''}), not for speed-up.")
 
 
 # -- main --------------------------------------------------------------------------------------------------------
