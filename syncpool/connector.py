@@ -62,29 +62,39 @@ class Connector(Generic[T]):
     def is_broken(self, client: T) -> bool:
         """Return True if ``client`` must be discarded instead of going back to the pool.
 
-        Called on every return, so it must be fast and must not do I/O: look at local state only (a closed flag, a
-        transaction status).
+        Called on every return (by the default :meth:`release` for ``with`` blocks), so it must be fast and must
+        not do I/O: look at local state only (a closed flag, a transaction status).
         """
         return False
 
     def reset(self, client: T) -> None:
         """Bring a returned client back to a clean state (roll back, clear session state).
 
-        Called on every return after :meth:`is_broken` said the client is fine, so a cheap no-op is the ideal for a
-        client that is already clean. If it raises, the client is discarded and replaced.
+        Called on every return (by the default :meth:`release` for ``with`` blocks) after :meth:`is_broken` said
+        the client is fine, so a cheap no-op is the ideal for a client that is already clean. If it raises, the
+        client is discarded and replaced.
         """
 
-    def release(self, client: T, error: BaseException | None) -> None:
-        """End the work of a ``with pool.connection()`` block on ``client``, knowing how the block ended.
+    def release(self, client: T, error: BaseException | None) -> bool:
+        """End a ``with pool.connection()`` block's work on ``client`` and say whether it may be reused.
 
-        Called in the leasing thread when the block ends, before :meth:`is_broken` and :meth:`reset`: ``error`` is
-        None for a clean exit, else the :class:`Exception` the block raised (it propagates unchanged afterwards).
-        This is where a database connector commits on a clean exit and rolls back otherwise. It is not called for
-        clients returned with :meth:`Pool.putconn`, nor when the block ended by a ``BaseException`` that is not an
-        ``Exception`` (KeyboardInterrupt, SystemExit, an asynchronous timeout): such a client may have been cut off
-        mid-exchange, so the pool discards it without talking to it. If this method raises, the client is
-        discarded and the error propagates (chained to the block's own error, if any). The default does nothing.
+        Called in the leasing thread when the block ends, instead of the :meth:`is_broken` / :meth:`reset` pair
+        that :meth:`Pool.putconn` calls: ``error`` is None for a clean exit, else the :class:`Exception` the block
+        raised (it propagates unchanged afterwards). This is where a database connector commits on a clean exit and
+        rolls back otherwise. Return True to give the client back to the pool, False to discard it (it is closed
+        and replaced). The default returns ``not is_broken(client)``, calling :meth:`reset` first when it is
+        reusable; an override usually ends with ``return super().release(client, error)``. It runs on every lease,
+        so an idle client should cost no I/O.
+
+        It is not called when the block ended by a ``BaseException`` that is not an ``Exception``
+        (KeyboardInterrupt, SystemExit, an asynchronous timeout): such a client may have been cut off mid-exchange,
+        so the pool discards it without talking to it. If this method raises, the client is discarded and the error
+        propagates (chained to the block's own error, if any).
         """
+        if self.is_broken(client):
+            return False
+        self.reset(client)
+        return True
 
     def close(self, client: T) -> None:
         """Close ``client``, releasing its sockets. Errors are logged and ignored by the pool.

@@ -34,7 +34,11 @@ def register(obj: Any) -> None:
     parent, in registration order and in reverse order respectively.
     """
     key = id(obj)
-    _registered[key] = weakref.ref(obj, lambda _, key=key: _registered.pop(key, None))
+
+    def forget(_: weakref.ref[Any]) -> None:
+        _registered.pop(key, None)
+
+    _registered[key] = weakref.ref(obj, forget)
 
 
 def _alive() -> list[Any]:

@@ -443,12 +443,15 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
     # -- statistics ------------------------------------------------------------------------------------------------
 
     def get_stats(self) -> dict[str, int]:
-        """Return psycopg_pool's statistics (see the migration guide for how each is counted)."""
-        return _psycopg_stats(self.stats())
+        """Return psycopg_pool's statistics since the last :meth:`pop_stats` (see the migration guide for how each is
+        counted). :meth:`syncpool.Pool.stats` keeps counting since the pool was created."""
+        return _psycopg_stats(self._snapshot(since_pop=True, mark=False))
 
     def pop_stats(self) -> dict[str, int]:
-        """Return :meth:`get_stats` and reset its counters (the ``pool_*`` and ``requests_waiting`` gauges stay)."""
-        return _psycopg_stats(super().pop_stats())
+        """Return :meth:`get_stats` and start its counters again from zero (the ``pool_*`` and ``requests_waiting``
+        gauges are the state now). Only these views start again: :meth:`syncpool.Pool.stats` and the exporters
+        never go backwards."""
+        return _psycopg_stats(self._snapshot(since_pop=True, mark=True))
 
 
 def _call_reconnect_failed(pool: Pool[Any]) -> None:

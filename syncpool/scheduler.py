@@ -4,10 +4,12 @@ The scheduler keeps a heap of timed tasks and hands each one, when due, to the w
 at a time. Tasks are plain callables that the pool builds around a weak reference to itself (see
 :func:`weak_task`), so the threads never keep a forgotten pool alive.
 
-Threads are daemons, named ``syncpool-<pool>-scheduler`` and ``syncpool-<pool>-worker-<n>``. An exception raised by
-a task is logged and the thread goes on. :meth:`Scheduler.stop` wakes every thread at once (a sleeping backoff
-never delays a close) and joins them with a timeout: a worker stuck in a connect that never returns is left behind
-as a daemon rather than hanging the caller.
+Threads are daemons, named ``syncpool-<pool>-scheduler`` and ``syncpool-<pool>-worker-<n>``. Whatever a task raises,
+``BaseException`` included (a connector's ``SystemExit``, an asynchronous exception), is logged and the thread goes
+on: a background thread never dies of its tasks. Periodic tasks (:meth:`Scheduler.every`) are re-armed by the
+scheduler itself when it hands them to a worker, so a task that fails can never stop its own schedule.
+:meth:`Scheduler.stop` wakes every thread at once (a sleeping backoff never delays a close) and joins them with a
+timeout: a worker stuck in a connect that never returns is left behind as a daemon rather than hanging the caller.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class Scheduler:
         self.name = name
         self.num_workers = num_workers
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._heap: list[tuple[float, int, Task]] = []
+        self._heap: list[tuple[float, int, Task, float | None]] = []  # (when, tie-breaker, task, period)
         self._counter = itertools.count()  # tie-breaker so the heap never compares two tasks
         self._cond = threading.Condition(threading.Lock())
         self._threads: list[threading.Thread] = []
@@ -76,18 +78,34 @@ class Scheduler:
         for thread in threads:
             thread.start()
 
-    def submit(self, task: Task) -> None:
-        """Run ``task`` on a worker as soon as one is free."""
-        if not self._stopping:
-            self._queue.put(task)
+    def submit(self, task: Task) -> bool:
+        """Run ``task`` on a worker as soon as one is free; return False (and drop it) if the scheduler stopped."""
+        if self._stopping:
+            return False
+        self._queue.put(task)
+        return True
 
-    def call_later(self, delay: float, task: Task) -> None:
-        """Run ``task`` on a worker after ``delay`` seconds (dropped if the scheduler stops first)."""
+    def call_later(self, delay: float, task: Task) -> bool:
+        """Run ``task`` on a worker after ``delay`` seconds; False if the scheduler stopped (it then never runs).
+
+        A task scheduled before :meth:`stop` is dropped by it.
+        """
+        return self._push(monotonic() + delay, task, None)
+
+    def every(self, interval: float, task: Task) -> bool:
+        """Run ``task`` on a worker every ``interval`` seconds, first after one interval, until :meth:`stop`.
+
+        The next run is scheduled when this one is handed to a worker, whatever the task then does.
+        """
+        return self._push(monotonic() + interval, task, interval)
+
+    def _push(self, when: float, task: Task, interval: float | None) -> bool:
         with self._cond:
             if self._stopping:
-                return
-            heapq.heappush(self._heap, (monotonic() + delay, next(self._counter), task))
+                return False
+            heapq.heappush(self._heap, (when, next(self._counter), task, interval))
             self._cond.notify()
+        return True
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop every thread, dropping pending timed tasks; return True if all of them ended within ``timeout``.
@@ -126,9 +144,12 @@ class Scheduler:
                     if self._stopping:
                         return
                     if self._heap:
-                        delay = self._heap[0][0] - monotonic()
+                        now = monotonic()
+                        delay = self._heap[0][0] - now
                         if delay <= 0:
-                            task = heapq.heappop(self._heap)[2]
+                            _, _, task, interval = heapq.heappop(self._heap)
+                            if interval is not None:  # re-arm first: nothing the task does can stop its schedule
+                                heapq.heappush(self._heap, (now + interval, next(self._counter), task, interval))
                             break
                         cond.wait(delay)
                     else:
@@ -143,6 +164,5 @@ class Scheduler:
                 return
             try:
                 task()
-            except Exception:
-                # A background thread must survive anything a connector or callback throws at it.
+            except BaseException:  # noqa: B036 - a background thread must survive anything a connector throws
                 logger.exception("pool %r: background task %s failed", self.name, getattr(task, "__qualname__", task))

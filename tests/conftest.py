@@ -27,10 +27,10 @@ def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     if request.node.get_closest_marker("allow_leaks"):
         return
     created = [p for p in list(pool_module._all_pools) if p not in before]
-    open_pools = [p.name for p in created if p._state == "open"]
-    leased = {p.name: len(p._leased) for p in created if p._leased}
+    open_pools = [p.name for p in created if p.state == "open"]
+    leased = {p.name: len(p._inv.leased) for p in created if p._inv.leased}
     for p in created:  # close what the test forgot, so one failure does not cascade
-        if p._state == "open":
+        if p.state == "open":
             p.close(timeout=0)
     deadline = time.monotonic() + 5.0
     while (alive := [t for t in _pool_threads() if t not in threads_before]) and time.monotonic() < deadline:

@@ -54,7 +54,7 @@ POSTGRES_SCHEMA = (
 )
 #: Buckets that ``needs: s3`` blocks find.
 S3_BUCKETS = ("uploads",)
-SERVERS = ("postgres", "s3", "elasticsearch")
+SERVERS = ("postgres", "pgbouncer", "s3", "elasticsearch")
 
 _FENCE = re.compile(r"^```python[^\n]*\n(?P<code>.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 _SKIP = re.compile(r"<!--\s*skip:\s*(?P<reason>.+?)\s*-->\s*$")
@@ -136,8 +136,24 @@ def _elasticsearch_environment(request: pytest.FixtureRequest, tmp_path: Path) -
     return {"ELASTICSEARCH_HOSTS": node.url, "ES_API_KEY_FILE": str(key_file)}
 
 
+def _pgbouncer_environment(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """libpq's variables pointing at a PgBouncer (transaction mode) in front of the test PostgreSQL server."""
+    bouncer = request.getfixturevalue("pgbouncer_server")
+    password_file = tmp_path / "db-password"
+    password_file.write_text(bouncer.password + "\n", encoding="utf-8")
+    return {
+        "PGHOST": bouncer.host,
+        "PGPORT": str(bouncer.port),
+        "PGUSER": bouncer.user,
+        "PGPASSWORD": bouncer.password,
+        "PGDATABASE": bouncer.dbname,
+        "DB_PASSWORD_FILE": str(password_file),
+    }
+
+
 _ENVIRONMENTS = {
     "postgres": _postgres_environment,
+    "pgbouncer": _pgbouncer_environment,
     "s3": _s3_environment,
     "elasticsearch": _elasticsearch_environment,
 }

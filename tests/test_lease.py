@@ -15,13 +15,10 @@ from syncpool import pool as pool_module
 
 from .fakes import FakeClient, FakeConnector, wait_until
 
-LEASE_CLASSES = [pytest.param(pool_module.Lease, id="python")]
 
-
-@pytest.fixture(params=LEASE_CLASSES)
-def lease_class(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setattr(pool_module, "Lease", request.param)
-    return request.param
+@pytest.fixture
+def lease_class() -> Any:
+    return pool_module.Lease
 
 
 def test_the_public_lease_is_the_one_lease_class() -> None:
@@ -33,12 +30,12 @@ def test_enter_leases_and_exit_returns(lease_class: Any) -> None:
     with Pool(FakeConnector(), max_size=2) as pool:
         lease = pool.connection(timeout=2)
         assert type(lease) is lease_class
-        assert lease._client is None
+        assert lease.member is None
         with lease as client:
             assert isinstance(client, FakeClient)
-            assert lease._client is client
+            assert lease.member.client is client
             assert pool.stats()["in_use"] == 1
-        assert lease._client is None
+        assert lease.member is None
         stats = pool.stats()
     assert stats["in_use"] == 0 and stats["idle"] == 1 and stats["leases_total"] == 1
 
@@ -54,12 +51,13 @@ def test_an_exception_in_the_block_propagates_unchanged_and_the_client_comes_bac
 
 
 @pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
-def test_base_exceptions_in_the_block_return_the_client(lease_class: Any, exc_type: type[BaseException]) -> None:
+def test_base_exceptions_in_the_block_discard_the_client(lease_class: Any, exc_type: type[BaseException]) -> None:
     with Pool(FakeConnector(), max_size=1) as pool:
         with pytest.raises(exc_type):
-            with pool.connection(timeout=2):
+            with pool.connection(timeout=2) as client:
                 raise exc_type()
-        assert pool.stats()["in_use"] == 0
+        assert pool.stats()["in_use"] == 0 and pool.stats()["discards"]["interrupted"] == 1
+        assert client.resets == 0  # never talked to: it may have been cut off mid-exchange
 
 
 def test_the_timeout_reaches_getconn_positionally_and_by_keyword(lease_class: Any) -> None:
@@ -69,7 +67,7 @@ def test_the_timeout_reaches_getconn_positionally_and_by_keyword(lease_class: An
             with pytest.raises(PoolTimeout, match="0.05"):
                 with lease:
                     pytest.fail("entered without a client")
-            assert lease._client is None  # a failed enter leaves the lease as it was
+            assert lease.member is None and lease.waiter is None  # a failed enter leaves the lease as it was
         pool.putconn(held)
         with lease as client:  # and it can be entered once a client is free
             assert client is held
@@ -81,7 +79,7 @@ def test_a_second_enter_while_entered_raises_and_leaks_nothing(lease_class: Any)
         with lease as client:
             with pytest.raises(RuntimeError, match="already entered"):
                 lease.__enter__()
-            assert lease._client is client
+            assert lease.member.client is client
             assert pool.stats()["in_use"] == 1  # no second client was leased
         assert pool.stats()["in_use"] == 0
         with lease as again:  # entering again after leaving is fine
@@ -106,26 +104,19 @@ def test_a_failing_putconn_still_leaves_the_lease(lease_class: Any) -> None:
         with pytest.raises(PoolError, match="not leased from this pool"):
             with lease as client:
                 pool.putconn(client)  # returned by hand inside the block: the lease's return is the second
-        assert lease._client is None
+        assert lease.member is None
         assert pool.stats()["in_use"] == 0
 
 
-def test_subclass_overrides_of_getconn_and_putconn_are_used(lease_class: Any) -> None:
-    calls: list[tuple[str, Any]] = []
-
-    class Traced(Pool[FakeClient]):
-        def getconn(self, timeout: float | None = None) -> FakeClient:
-            calls.append(("getconn", timeout))
-            return super().getconn(timeout)
-
-        def putconn(self, client: FakeClient) -> None:
-            calls.append(("putconn", client))
-            super().putconn(client)
-
-    with Traced(FakeConnector(), max_size=1) as pool:
-        with pool.connection(1.5) as client:
+def test_listeners_see_leases_made_through_connection_and_getconn(lease_class: Any) -> None:
+    seen: list[str] = []
+    with Pool(FakeConnector(), max_size=1) as pool:
+        pool.add_listener("lease", lambda pool, wait: seen.append("lease"))
+        pool.add_listener("return", lambda pool, use: seen.append("return"))
+        with pool.connection(1.5):
             pass
-    assert calls == [("getconn", 1.5), ("putconn", client)]
+        pool.putconn(pool.getconn(1.5))
+    assert seen == ["lease", "return"] * 2  # the hook for every lease: connection() does not call getconn()
 
 
 def test_a_lease_in_a_reference_cycle_is_collected(lease_class: Any) -> None:

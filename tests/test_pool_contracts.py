@@ -23,6 +23,7 @@ from syncpool import (
     TooManyWaiters,
     errors,
 )
+from syncpool import leasing
 from syncpool import pool as pool_module
 from syncpool.pool import EVENTS
 
@@ -124,8 +125,6 @@ class LockCheckingConnector(FakeConnector):
         self.pool_lock: OwnedLock | None = None
         self.calls: Counter[str] = Counter()
         self.under_lock: list[str] = []
-        self.test_thread = threading.get_ident()
-        self.checks_on_lease = 0
         self._record = threading.Lock()
 
     def _called(self, method: str) -> None:
@@ -140,8 +139,6 @@ class LockCheckingConnector(FakeConnector):
 
     def check(self, client: FakeClient) -> None:
         self._called("check")
-        if threading.get_ident() == self.test_thread:
-            self.checks_on_lease += 1  # health checks run on threads of their own
         super().check(client)
 
     def is_broken(self, client: FakeClient) -> bool:
@@ -200,8 +197,8 @@ def test_no_connector_method_listener_or_log_call_runs_under_the_lock(syncpool_d
         breaker_probe_interval=0.0, reconnect_backoff=Backoff(initial=0.01, maximum=0.02),
     )
     lock = OwnedLock()
-    pool._lock = lock  # type: ignore[assignment]
-    pool._changed = threading.Condition(lock)  # type: ignore[arg-type]
+    pool._inv.lock = lock  # type: ignore[assignment]
+    pool._inv.changed = threading.Condition(lock)  # type: ignore[arg-type]
     connector.pool_lock = lock
     events: Counter[str] = Counter()
     listeners_under_lock: list[str] = []
@@ -226,7 +223,7 @@ def test_no_connector_method_listener_or_log_call_runs_under_the_lock(syncpool_d
             connector.check_error = ConnectionResetError("gone") if failing else None
             _lease_and_give_back(pool)
         connector.check_error = None
-        assert connector.checks_on_lease == 2
+        assert connector.calls["check"] == 2  # health passes are off: both were checks on lease
         _lease_and_give_back(pool)  # lease, is_broken, reset, return
         _lease_and_give_back(pool, broken=True)  # discarded, closed and replaced
         connector.fail_reset = True
@@ -398,37 +395,25 @@ def test_every_close_is_counted_once_with_its_reason() -> None:
     assert final["discards"]["closed"] == 1 and final["connections_discarded"] == 7 == connector.closes
 
 
-@pytest.fixture(params=["list", "accumulator"])
-def pending_times(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Durations reach the histograms through a list (pure Python) or the C accelerator's Accumulator."""
-    if request.param == "list":
-        monkeypatch.setattr(pool_module, "_speedups", None)
-    elif pool_module._speedups is None:
-        pytest.skip("syncpool._speedups is not built here")
-    return str(request.param)
-
-
-def test_use_times_reach_the_histogram_exactly_across_folds(
-    pending_times: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_use_times_reach_the_histogram_exactly_across_folds(monkeypatch: pytest.MonkeyPatch) -> None:
     ticks = iter(range(10**9))
-    monkeypatch.setattr(pool_module, "monotonic", lambda: next(ticks) / 1000.0)  # +1 ms at every reading
+    monkeypatch.setattr(leasing, "monotonic", lambda: next(ticks) / 1000.0)  # +1 ms at every reading
     with Pool(object, max_size=1, health_check_interval=None) as pool:
         pool.putconn(pool.getconn(timeout=5))  # the first lease waits for the connect, reading the clock more often
         pool.pop_stats()
         for _ in range(2500):  # folded twice on the way (every 1024), the rest when read
             with pool.connection(timeout=5):
                 pass
-        use = pool.stats()["use_time"]
+        use = pool.pop_stats()["use_time"]
         assert use["count"] == 2500 and use["sum"] == pytest.approx(2.5)
         assert use["min"] == pytest.approx(0.001) and use["max"] == pytest.approx(0.001)
-        pool.pop_stats()
         with pool.connection(timeout=5):
             pass
-        assert pool.stats()["use_time"]["count"] == 1
+        assert pool.pop_stats()["use_time"]["count"] == 1
+        assert pool.stats()["use_time"]["count"] == 2502  # the pool's whole life: nothing was reset
 
 
-def test_wait_times_reach_the_histogram_across_folds(pending_times: str) -> None:
+def test_wait_times_reach_the_histogram_across_folds() -> None:
     with Pool(object, max_size=1, health_check_interval=None) as pool:
 
         def lease_in_turns() -> None:
@@ -447,8 +432,8 @@ def test_wait_times_reach_the_histogram_across_folds(pending_times: str) -> None
     assert stats["wait_time"]["sum"] == pytest.approx(stats["wait_ms_total"] / 1000.0)
 
 
-def test_pop_stats_returns_and_resets_every_counter_and_keeps_the_gauges() -> None:
-    counters = _documented_keys("Counters (since creation or the last `pop_stats()`)")
+def test_pop_stats_returns_the_changes_of_every_counter_and_resets_nothing() -> None:
+    counters = _documented_keys("Counters (since creation; in `pop_stats()`, since its previous call)")
     gauges = _documented_keys("Gauges (the state now)")
     histograms = _documented_keys("Histograms (seconds)")
     assert "wait_ms_total" in counters and "size" in gauges and "wait_time" in histograms
@@ -491,16 +476,21 @@ def test_pop_stats_returns_and_resets_every_counter_and_keeps_the_gauges() -> No
         assert pool.check() == {"ok": 1, "failed": 0}
 
         before = pool.stats()
-        popped = pool.pop_stats()
+        popped = pool.pop_stats()  # the first pop: everything since the pool was created
         after = pool.stats()
+        again = pool.pop_stats()  # nothing happened since the first
         for key in counters:
             value = popped[key]
-            assert value == before[key], key  # pop_stats returns what stats would have
+            assert value == before[key], key  # the first pop returns what stats would have
             assert (sum(value.values()) if isinstance(value, dict) else value) > 0, f"{key} was not exercised"
+            assert after[key] == before[key], f"pop_stats reset {key}: exporters would see it go backwards"
             zero = {name: 0 for name in value} if isinstance(value, dict) else 0
-            assert after[key] == zero, f"pop_stats did not reset {key}"
+            assert again[key] == zero, f"the second pop_stats did not return the change of {key}"
         for key in histograms:
-            assert popped[key]["count"] > 0 and after[key]["count"] == 0, key
+            assert popped[key]["count"] > 0 and again[key]["count"] == 0, key
+            assert after[key]["count"] == before[key]["count"], key
         for key in gauges:
             assert after[key] == popped[key], f"pop_stats changed the gauge {key}"
         assert sorted(counters + gauges + histograms) == sorted(after)
+        _lease_and_give_back(pool)
+        assert pool.pop_stats()["leases_total"] == 1 and pool.stats()["leases_total"] == before["leases_total"] + 1

@@ -85,8 +85,8 @@ def test_child_gets_fresh_clients_and_leaves_the_parents_alone() -> None:
     with Pool(connector, min_size=2, max_size=4) as pool:
         pool.wait(5)
         held = pool.getconn(timeout=2)  # leased across the fork, like a `with` block that forks
-        with pool._lock:
-            parents = [record.client for record in pool._idle] + [held]
+        with pool._inv.lock:
+            parents = [record.client for record in pool._inv.idle] + [held]
         pid = os.fork()
         if pid == 0:  # the child
             code = 0

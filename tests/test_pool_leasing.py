@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from syncpool import Pool, PoolError, PoolTimeout, TooManyWaiters
-from syncpool.pool import _WAKE_BUDGET
+from syncpool.leasing import Lease
+from syncpool.waiters import Waiter
 
 from .fakes import FakeClient, FakeConnector, wait_until
 
@@ -243,75 +244,53 @@ def test_keyboard_interrupt_while_waiting_leaks_nothing() -> None:
 
 def test_interrupted_waiter_gives_back_a_client_handed_to_it() -> None:
     """The race: a client is handed over just as the waiter leaves by an exception."""
-    from syncpool.pool import _Waiter
-
     with Pool(FakeConnector(), max_size=1) as pool:
         held = pool.getconn(timeout=2)
-        waiter = _Waiter(time.monotonic())
-        with pool._lock:
-            pool._waiters.append(waiter)
+        (ticket,) = _queue_waiters(pool, 1)
         pool.putconn(held)  # handed to the waiter, which never wakes up to take it
-        assert waiter.record is not None and pool.stats()["in_use"] == 1
-        pool._abandon(waiter)
+        assert ticket.waiter.member is not None and pool.stats()["in_use"] == 1
+        pool._undo(ticket)  # what an exception in the waiting thread does
         assert pool.stats()["in_use"] == 0 and pool.stats()["idle"] == 1
 
 
-def _queue_waiters(pool: Pool[FakeClient], count: int) -> list[Any]:
+def _queue_waiters(pool: Pool[FakeClient], count: int) -> list[Lease[FakeClient]]:
     """Queue ``count`` waiters with no thread behind them, so the test plays each one's part by hand."""
-    from syncpool.pool import _Waiter
+    tickets = [Lease[FakeClient](pool) for _ in range(count)]
+    with pool._inv.lock:
+        for ticket in tickets:
+            ticket.waiter = Waiter(time.monotonic())
+            pool._inv.waiters.append(ticket.waiter)
+    return tickets
 
-    waiters = [_Waiter(time.monotonic()) for _ in range(count)]
-    with pool._lock:
-        pool._waiters.extend(waiters)
-    return waiters
 
-
-@pytest.mark.skipif(_WAKE_BUDGET != 2, reason="free-threaded build: every waiter is woken at once")
-def test_waiters_handed_a_client_are_woken_two_at_a_time_in_order() -> None:
-    """Beyond the wake budget, a waiter handed a client is woken by one that starts running, oldest first."""
+def test_every_hand_off_wakes_its_waiter_at_once_in_order() -> None:
+    """No waiter's wake-up depends on another woken thread running some pass-on code."""
     with Pool(FakeConnector(), max_size=4) as pool:
         held = [pool.getconn(timeout=2) for _ in range(4)]
-        first, second, third, fourth = _queue_waiters(pool, 4)
+        tickets = _queue_waiters(pool, 4)
         for client in held:
             pool.putconn(client)
-        # Every waiter has its client (leased on its behalf, in order); only the first two were woken.
-        assert [w.record.client for w in (first, second, third, fourth)] == held
+        # Every waiter has its client (leased on its behalf, in order) and was woken: none is left asleep.
+        assert [t.waiter.member.client for t in tickets] == held
+        assert all(not t.waiter._wakeup.locked() for t in tickets)
         assert pool.stats()["in_use"] == 4 and pool.stats()["waiting"] == 0
-        assert first.wakeup.locked() is False and second.wakeup.locked() is False
-        assert third.wakeup.locked() and fourth.wakeup.locked()
-        assert list(pool._handed) == [third, fourth] and pool._waking == 2
-
-        # The first starts running: it wakes the third, the oldest still asleep.
-        assert pool._wait_for(first, 5) is first.record
-        assert not third.wakeup.locked() and list(pool._handed) == [fourth] and pool._waking == 2
-        # The fourth gives up at its timeout just then: the client handed to it is its own, and it leaves the line.
-        assert pool._wait_for(fourth, 0) is fourth.record
-        assert not pool._handed and pool._waking == 2
-        # The others run: nothing is left to wake, and the budget is free again.
-        pool._wait_for(second, 5)
-        pool._wait_for(third, 5)
-        assert pool._waking == 0
-        for waiter in (first, second, third, fourth):
-            pool.putconn(waiter.record.client)
+        for ticket in tickets:
+            pool._wait(ticket, ticket.waiter, 0)  # each finds its member without waiting
+            pool.putconn(ticket.member.client)
         assert pool.stats()["idle"] == 4
 
 
-@pytest.mark.skipif(_WAKE_BUDGET != 2, reason="free-threaded build: every waiter is woken at once")
-def test_an_interrupted_waiter_still_to_be_woken_gives_back_its_client() -> None:
-    with Pool(FakeConnector(), max_size=3) as pool:
-        held = [pool.getconn(timeout=2) for _ in range(3)]
-        first, second, third = _queue_waiters(pool, 3)
-        for client in held:
-            pool.putconn(client)
-        assert list(pool._handed) == [third]
-        pool._abandon(third)  # KeyboardInterrupt while asleep: its client goes back, to the idle stack
-        assert not pool._handed and pool._waking == 2
-        pool._abandon(first)  # and once woken: it passes its share of the budget on as it leaves
-        assert pool._waking == 1
-        pool._wait_for(second, 5)
-        assert pool._waking == 0
-        pool.putconn(second.record.client)
-        assert pool.stats()["idle"] == 3 and pool.stats()["in_use"] == 0
+def test_an_interrupted_waiter_leaves_the_queue_and_the_next_is_served() -> None:
+    with Pool(FakeConnector(), max_size=1) as pool:
+        held = pool.getconn(timeout=2)
+        first, second = _queue_waiters(pool, 2)
+        pool._undo(first)  # KeyboardInterrupt while asleep, before any hand-off: it just leaves the queue
+        assert pool.stats()["waiting"] == 1
+        pool.putconn(held)
+        assert second.waiter.member is not None and first.waiter is None
+        pool._wait(second, second.waiter, 0)
+        pool.putconn(second.member.client)
+        assert pool.stats()["idle"] == 1 and pool.stats()["in_use"] == 0
 
 
 def test_a_burst_of_returns_serves_every_waiter_in_order() -> None:
@@ -344,7 +323,6 @@ def test_a_burst_of_returns_serves_every_waiter_in_order() -> None:
                 t.join()
             for client in held:
                 pool.putconn(client)
-            assert pool._waking == 0 and not pool._handed
             assert pool.stats()["idle"] == 8 and pool.stats()["waiting"] == 0
     finally:
         sys.setswitchinterval(previous)
@@ -355,7 +333,7 @@ def test_a_burst_of_returns_serves_every_waiter_in_order() -> None:
 
 def test_a_waiter_keeps_a_client_handed_over_as_its_timeout_fires(monkeypatch: pytest.MonkeyPatch) -> None:
     """The race, made certain: the hand-off lands after the waiter's wait timed out, before it takes the lock."""
-    from syncpool import pool as pool_module
+    from syncpool import waiters as waiters_module
 
     class LateWakeup:
         """A wakeup lock whose wait times out, but only after the racing return has handed the client over."""
@@ -375,18 +353,18 @@ def test_a_waiter_keeps_a_client_handed_over_as_its_timeout_fires(monkeypatch: p
 
     with Pool(FakeConnector(), max_size=1, timeout=5) as pool:
         held = pool.getconn()
-        make_waiter = pool_module._Waiter.__init__
+        make_waiter = waiters_module.Waiter.__init__
 
         def late_waiter(waiter: Any, since: float) -> None:
             make_waiter(waiter, since)
-            waiter.wakeup = LateWakeup(waiter.wakeup, lambda: pool.putconn(held))
+            waiter._wakeup = LateWakeup(waiter._wakeup, lambda: pool.putconn(held))
 
-        monkeypatch.setattr(pool_module._Waiter, "__init__", late_waiter)
+        monkeypatch.setattr(waiters_module.Waiter, "__init__", late_waiter)
         got = pool.getconn(timeout=0.1)
         monkeypatch.undo()
         assert got is held  # it kept the client handed to it, rather than time out and strand it
         stats = pool.stats()
-        assert stats["in_use"] == 1 and stats["lease_timeouts"] == 0 and pool._waking == 0
+        assert stats["in_use"] == 1 and stats["lease_timeouts"] == 0
         pool.putconn(got)
         assert pool.stats()["idle"] == 1
 
@@ -408,7 +386,7 @@ def test_an_interrupt_during_reset_discards_the_client_and_loses_no_slot() -> No
                 connector.armed = True
         assert client.closed
         stats = pool.stats()
-        assert stats["in_use"] == 0 and stats["discards"]["reset_failed"] == 1
+        assert stats["in_use"] == 0 and stats["discards"]["interrupted"] == 1
         with pool.connection(timeout=2) as replacement:  # the slot is free: a new client is connected
             assert replacement is not client
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -61,18 +62,19 @@ def test_lifetime_is_jittered_and_enforced_on_checkout() -> None:
     connector = FakeConnector()
     with Pool(connector, min_size=10, max_size=10, max_lifetime=0.4) as pool:
         pool.wait(5)
-        with pool._lock:
-            lifetimes = [r.expires - r.created for r in pool._idle]
+        with pool._inv.lock:
+            lifetimes = [r.expires - r.created for r in pool._inv.idle]
         assert all(0.36 - 1e-9 <= span <= 0.4 for span in lifetimes)
         assert len(set(lifetimes)) > 1
-    with Pool(FakeConnector(), max_size=1, max_lifetime=0.2, max_idle=60) as pool:
+    with Pool(FakeConnector(), max_size=1, max_lifetime=0.2, max_idle=60, open=False) as pool:
+        pool._options = dataclasses.replace(pool._options, max_lifetime=60 * 20.0)  # only the checkout notices
+        pool.open()
         with pool.connection(timeout=2) as first:
             pass
-        pool._maintenance_interval = 60.0  # only the checkout can notice now
         time.sleep(0.25)
         with pool.connection(timeout=2) as second:
             assert second is not first
-        assert first.closed
+        wait_until(lambda: first.closed)
         assert pool.stats()["discards"]["lifetime"] >= 1
 
 
@@ -263,7 +265,8 @@ def test_stats_and_pop_stats() -> None:
                     "wait_ms_total", "connections_created", "connections_discarded", "connect_errors"):
             assert key in stats
         after = pool.stats()
-        assert after["leases_total"] == 0 and after["connections_created"] == 0
+        assert after["leases_total"] == 3 and after["connections_created"] == 1  # nothing reset
+        assert pool.pop_stats()["leases_total"] == 0  # the change since the previous pop
         assert after["size"] == 1  # gauges stay
     assert isinstance(stats["wait_ms_total"], float)
 

@@ -187,6 +187,15 @@ class FailoverConnector(Connector[T]):
         """Delegated to the member that made ``client``."""
         self._owner(client).reset(client)
 
+    def release(self, client: T, error: BaseException | None) -> bool:
+        """Delegated to the member that made ``client`` (so a database member commits a ``with`` block); a client of
+        unknown origin is discarded."""
+        try:
+            owner = self._owner(client)
+        except ValueError:
+            return False
+        return owner.release(client, error)
+
     def close(self, client: T) -> None:
         """Delegated to the member that made ``client``, which is then forgotten."""
         owner = self._owner(client)

@@ -116,6 +116,15 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
     and :class:`~syncpool.ConnectRejected` (see :meth:`is_auth_error` and :meth:`is_permanent`).
     """
 
+    # Whether release() may pass an idle connection back on its own (one status read, no other call). Off in
+    # subclasses that override is_broken or reset, so that their overrides are heard on every return.
+    _idle_release_is_final = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "is_broken" in vars(cls) or "reset" in vars(cls):
+            cls._idle_release_is_final = False
+
     def __init__(
         self,
         conninfo: str | Callable[[], str] = "",
@@ -334,7 +343,7 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         if status != TransactionStatus.IDLE:
             raise RuntimeError(f"connection still in transaction state {status.name} after rollback")
 
-    def release(self, client: psycopg.Connection[Any], error: BaseException | None) -> None:
+    def release(self, client: psycopg.Connection[Any], error: BaseException | None) -> bool:
         """End the transaction of a ``with pool.connection()`` block: commit when it ended cleanly, roll back when it
         raised, as psycopg's own ``with conn:`` (and psycopg_pool's ``connection()``) do.
 
@@ -346,12 +355,15 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         that fails (a deferred constraint, a serialization failure, a lost connection) raises here, so the caller
         sees it and the pool discards the connection. A rollback that fails after the block raised is logged
         instead, so that the block's own error is the one that propagates; the return path then rolls back again
-        or discards the connection. A connection mid-command (an unfinished ``COPY``), closed or broken is left to
-        :meth:`is_broken`.
+        or discards the connection. A connection mid-command (an unfinished ``COPY``), closed or broken is
+        discarded. Then, as for :meth:`Pool.putconn`, :meth:`is_broken` and :meth:`reset` decide whether it goes
+        back.
         """
         status = client.pgconn.transaction_status
-        if status == _IDLE or status not in _REUSABLE or client.autocommit:
-            return
+        if status == _IDLE and self._idle_release_is_final:
+            return True  # nearly every lease: nothing to end, nothing to reset
+        if status not in _REUSABLE or client.autocommit:
+            return super().release(client, error)
         if error is not None:
             try:
                 client.rollback()
@@ -369,20 +381,7 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             client.rollback()
         else:
             client.commit()
-
-    def _recycle(self, client: psycopg.Connection[Any]) -> bool:
-        """:meth:`is_broken`, then :meth:`reset` if it is not, in one call: the pool's return path (private).
-
-        An idle connection, nearly every return, costs one status read. Saves a Python call per lease: about 6%
-        of an uncontended lease+return. The pool uses it only while a subclass overrides neither of the two.
-        """
-        status = client.pgconn.transaction_status
-        if status == _IDLE:
-            return True
-        if status not in _REUSABLE:
-            return False
-        self.reset(client)
-        return True
+        return super().release(client, error)
 
     def close(self, client: psycopg.Connection[Any]) -> None:
         """Close the connection (a Terminate message, then the socket)."""

@@ -111,7 +111,7 @@ class SQLiteConnector(Connector[sqlite3.Connection]):
         else:
             client.rollback()
 
-    def release(self, client: sqlite3.Connection, error: BaseException | None) -> None:
+    def release(self, client: sqlite3.Connection, error: BaseException | None) -> bool:
         """End the transaction of a ``with pool.connection()`` block: commit when it ended cleanly, roll back when it
         raised, as sqlite3's own ``with conn:`` does.
 
@@ -120,23 +120,24 @@ class SQLiteConnector(Connector[sqlite3.Connection]):
         (sqlite3's ``with conn:`` commits it under ``isolation_level=None``). A commit that fails (the database is
         locked past the busy ``timeout``, a deferred foreign key) raises, so the caller sees it and the pool
         discards the connection, which releases its locks. A rollback that fails after the block raised is logged
-        instead, so that the block's own error is the one that propagates.
+        instead, so that the block's own error is the one that propagates. Then :meth:`is_broken` and :meth:`reset`
+        decide whether it goes back, as for :meth:`Pool.putconn`.
         """
         try:
-            if not client.in_transaction or _transaction_mode(client) == "autocommit":
-                return
+            ending = client.in_transaction and _transaction_mode(client) != "autocommit"
         except sqlite3.ProgrammingError:  # closed inside the block: is_broken() discards it
-            return
-        if error is None:
+            ending = False
+        if ending and error is None:
             client.commit()
-            return
-        try:
-            client.rollback()
-        except sqlite3.Error as rollback_error:
-            logger.warning(
-                "%s: rollback after an error in a with pool.connection() block failed: %s",
-                self.description, rollback_error,
-            )
+        elif ending:
+            try:
+                client.rollback()
+            except sqlite3.Error as rollback_error:
+                logger.warning(
+                    "%s: rollback after an error in a with pool.connection() block failed: %s",
+                    self.description, rollback_error,
+                )
+        return super().release(client, error)
 
     def close(self, client: sqlite3.Connection) -> None:
         """Close the connection."""

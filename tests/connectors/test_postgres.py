@@ -316,17 +316,19 @@ def test_release_rolls_back_a_failed_transaction_on_a_clean_exit_with_a_warning(
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("error", [None, ValueError("the block failed")])
-def test_release_leaves_an_autocommit_connection_alone(
-    postgres_server: Any, error: Exception | None
+def test_release_does_not_commit_on_an_autocommit_connection(
+    postgres_server: Any, error: Exception | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     connector = PostgresConnector(postgres_server.dsn, autocommit=True)
     conn = connector.connect()
     try:
         conn.execute("BEGIN")  # the caller's own transaction, on a connection that asked for autocommit
         conn.execute("SELECT 1")
-        conn.commit = conn.rollback = conn.execute = _no_io
-        connector.release(conn, error)
-        assert conn.info.transaction_status == TransactionStatus.INTRANS  # reset() rolls it back, with a warning
+        conn.commit = _no_io
+        with caplog.at_level(logging.WARNING, logger="syncpool"):
+            assert connector.release(conn, error)  # reset(), as on any return: rolled back, with a warning
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+        assert any("rolling back" in r.getMessage() for r in caplog.records)
     finally:
         conn.close()
 
@@ -372,7 +374,7 @@ def test_release_leaves_a_busy_or_closed_connection_to_is_broken(
     assert connector.is_broken(conn)
 
 
-# -- the pool's return path: _recycle, or is_broken then reset --------------------------------------------------
+# -- the pool's return paths: release() for with blocks, is_broken then reset for putconn ----------------------
 
 
 def _leave_in(state: str, conn: Any, postgres_server: Any) -> Any:
@@ -395,7 +397,7 @@ def _leave_in(state: str, conn: Any, postgres_server: Any) -> Any:
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("path", ["recycle", "is_broken then reset"])
+@pytest.mark.parametrize("path", ["putconn", "with block"])
 @pytest.mark.parametrize(
     ("state", "kept", "reason"),
     [
@@ -411,17 +413,22 @@ def test_a_returned_connection_meets_the_same_fate_on_both_return_paths(
     postgres_server: Any, path: str, state: str, kept: bool, reason: str | None
 ) -> None:
     with Pool(PostgresConnector(postgres_server.dsn), max_size=1, name="fates") as pool:
-        assert pool._recycle is not None  # PostgresConnector's one-call return path is used
-        if path != "recycle":
-            pool._recycle = None
-        conn = pool.getconn(timeout=10)
-        unfinished = _leave_in(state, conn, postgres_server)
-        pool.putconn(conn)
+        if path == "putconn":
+            conn = pool.getconn(timeout=10)
+            unfinished = _leave_in(state, conn, postgres_server)
+            pool.putconn(conn)
+        elif state == "failed rollback":  # the commit at the end of the block fails: the caller must see it
+            with pytest.raises(psycopg.OperationalError):
+                with pool.connection(timeout=10) as conn:
+                    unfinished = _leave_in(state, conn, postgres_server)
+        else:
+            with pool.connection(timeout=10) as conn:
+                unfinished = _leave_in(state, conn, postgres_server)
         stats = pool.stats()
         assert stats["in_use"] == 0
         if kept:
             assert stats["idle"] == 1 and not any(stats["discards"].values())
-            assert conn.info.transaction_status == TransactionStatus.IDLE  # rolled back if it had to be
+            assert conn.info.transaction_status == TransactionStatus.IDLE  # ended or rolled back if it had to be
         else:
             assert stats["discards"][reason] == 1
             del unfinished
@@ -444,16 +451,16 @@ def test_a_subclass_overriding_is_broken_or_reset_is_heard_on_return(postgres_se
             calls.append("reset")
             super().reset(client)
 
-    class Plain(PostgresConnector):  # overrides neither: the one-call path still applies
+    class Plain(PostgresConnector):  # overrides neither: release() answers for an idle connection alone
         pass
 
     for kind, heard in ((Picky, ["is_broken"]), (Fussy, ["reset"]), (Plain, [])):
         calls.clear()
         with Pool(kind(postgres_server.dsn), max_size=1, name=kind.__name__) as pool:
-            assert (pool._recycle is None) is bool(heard)
-            with pool.connection(timeout=10):
+            with pool.connection(timeout=10):  # release() hears them through super()
                 pass
-        assert calls == heard, kind.__name__
+            pool.putconn(pool.getconn(timeout=10))  # the pool calls them itself
+        assert calls == heard * 2, kind.__name__
 
 
 @pytest.mark.postgres
