@@ -97,6 +97,7 @@ POOL_OPTIONS: dict[str, str] = {
     "breaker_threshold": _INT_OR_NONE,
     "breaker_probe_interval": _SECONDS,
     "monitor": _BOOL,
+    "idle_order": _STR,
 }
 
 _SECTIONS = ("connector", "options", "pool")

@@ -56,6 +56,7 @@ class Grower:
         client_stats: ClientStats | None,
     ) -> None:
         self.name: str = pool.name
+        self._log: logging.Logger = pool._log
         self._pool = weakref.ref(pool)  # for the reconnect_failed callback only
         self._inv = inventory
         self._connector = connector
@@ -205,9 +206,9 @@ class Grower:
             self.close_retired()
             return
         if recovered:
-            logger.info("pool %r: connected to %s again", self.name, self._connector.description)
+            self._log.info("pool %r: connected to %s again", self.name, self._connector.description)
         else:
-            logger.debug("pool %r: new client connected in %.3fs", self.name, now - started)
+            self._log.debug("pool %r: new client connected in %.3fs", self.name, now - started)
         self.start(count)
         self._events.emit("connect", duration=now - started)
 
@@ -244,7 +245,7 @@ class Grower:
                 inv.connecting -= 1
             inv.changed.notify_all()
         self.report_breaker()
-        logger.warning(
+        self._log.warning(
             "pool %r: connect to %s failed (attempt %d, %.3fs): %s%s",
             self.name, self._connector.description, failures, duration, describe_error(error),
             f"; retrying in {delay:.2f}s" if retry else "",
@@ -269,14 +270,14 @@ class Grower:
         pool = self._pool()
         if not still_down or callback is None or pool is None:
             return
-        logger.error(
+        self._log.error(
             "pool %r: no connection to %s for %.3gs (reconnect_timeout); still trying",
             self.name, self._connector.description, self._options.reconnect_timeout,
         )
         try:
             callback(pool)
         except Exception:
-            logger.exception("pool %r: reconnect_failed callback failed", self.name)
+            self._log.exception("pool %r: reconnect_failed callback failed", self.name)
 
     def _classify(self, error: BaseException) -> BaseException:
         """Wrap a connect error that retrying cannot fix as AuthError or ConnectRejected; return others as they are."""
@@ -295,7 +296,7 @@ class Grower:
             else:
                 return error
         except Exception:  # a connector's classifier must not turn a failed connect into a lost slot
-            logger.exception("pool %r: classifying a connect error failed", self.name)
+            self._log.exception("pool %r: classifying a connect error failed", self.name)
             return error
         wrapped.__cause__ = error
         return wrapped
@@ -314,7 +315,7 @@ class Grower:
         with self._inv.lock:
             changes = self.breaker.take_changes()
         for state in changes:
-            log = logger.warning if state is BreakerState.OPEN else logger.info
+            log = self._log.warning if state is BreakerState.OPEN else self._log.info
             log("pool %r: circuit breaker %s", self.name, state.value.replace("_", "-"))
             self._events.emit("breaker", state=state.value)
 
@@ -350,7 +351,7 @@ class Grower:
             try:
                 self._connector.close(member.raw)
             except Exception as error:
-                logger.warning("pool %r: error closing a client: %s", self.name, describe_error(error))
+                self._log.warning("pool %r: error closing a client: %s", self.name, describe_error(error))
             finally:
                 with inv.lock:
                     # Decide: the slot is free now; a caller may be waiting for it to connect.
@@ -359,7 +360,7 @@ class Grower:
                     count = self.plan_locked()
                     inv.changed.notify_all()
             self.start(count)
-            logger.debug("pool %r: closed a client (%s)", self.name, member.retire_reason)
+            self._log.debug("pool %r: closed a client (%s)", self.name, member.retire_reason)
             self._events.emit("discard", reason=member.retire_reason)
 
 

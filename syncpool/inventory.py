@@ -22,7 +22,7 @@ __all__ = ["Inventory"]
 class Inventory:
     """The members of one pool by where they are, the callers waiting for one, and the lock over them.
 
-    Where a member can be: ``idle`` (a stack, newest last), ``leased`` (by key), out for a health check
+    Where a member can be: ``idle`` (a list, most recently returned last), ``leased`` (by key), out for a health check
     (``checking``), or ``retiring`` (discarded, waiting for its close) and then being closed (counted in
     ``closing``). Connects under way, or waiting out a backoff, are counted in ``connecting``.
 
@@ -39,10 +39,12 @@ class Inventory:
 
     __slots__ = (
         "lock", "changed", "state", "idle", "leased", "waiters", "connecting", "checking", "retiring", "closing",
-        "min_size", "max_size", "max_waiting", "shrunk", "indexes", "stats",
+        "min_size", "max_size", "max_waiting", "shrunk", "indexes", "stats", "take_at",
     )
 
-    def __init__(self, min_size: int, max_size: int, max_waiting: int, stats: PoolStats) -> None:
+    def __init__(
+        self, min_size: int, max_size: int, max_waiting: int, stats: PoolStats, idle_order: str = "lifo"
+    ) -> None:
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)  # notified when members appear, fail to appear or come back
         self.state = PoolState.NEW
@@ -59,6 +61,9 @@ class Inventory:
         self.shrunk = False
         self.indexes = MemberIndexes()
         self.stats = stats
+        #: Where a lease takes from the idle list: -1, its end (LIFO: the most recently returned member, which keeps a
+        #: few members hot and lets the others age out), or 0, its start (FIFO: every member in turn).
+        self.take_at = 0 if idle_order == "fifo" else -1
 
     def size(self) -> int:
         """Members that exist or are being made or closed: what counts against ``max_size``. Under the lock."""
@@ -81,9 +86,9 @@ class Inventory:
         woken: an exception between two of these steps leaves the waiter queued (it finds its member, or times out
         and leaves) and never a member that nobody owns in ``leased``.
         """
+        member.last_used = now
         waiters = self.waiters
         if not waiters:
-            member.last_used = now
             self.idle.append(member)
             return
         waiter = waiters[0]

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Lease", "LeasePath"]
 
-logger = logging.getLogger("syncpool")
 
 T = TypeVar("T")
 
@@ -80,16 +79,17 @@ class Lease(Generic[T]):
             with inv.lock:
                 idle = inv.idle
                 if idle and not inv.waiters:
-                    member = idle[-1]
+                    take = inv.take_at
+                    member = idle[take]
                     now = monotonic()
                     if member.expires > now and now - member.last_used < pool._check_after_idle:
-                        # Decide: the newest idle member is fresh and nobody is queued ahead: it is ours. This
-                        # lease learns it first, and it is leased before it leaves the idle stack.
+                        # Decide: the next idle member is fresh and nobody is queued ahead: it is ours. This lease
+                        # learns it first, and it is leased before it leaves the idle list.
                         self.member = member
                         member.leased_at = now
                         member.leak_reported = False
                         inv.leased[member.key] = member
-                        del idle[-1]
+                        del idle[take]
                         pool._stats.leases += 1
                         if pool._leak_threshold is None and not pool._events.leases_watched:
                             return member.client  # type: ignore[no-any-return]
@@ -127,6 +127,7 @@ class LeasePath:
     """
 
     name: str
+    _log: logging.Logger
     _inv: Inventory
     _stats: PoolStats
     _grower: Grower
@@ -150,23 +151,25 @@ class LeasePath:
         deadline = monotonic() + timeout
         while True:
             member = self._lease_or_queue(lease)
+            waited = 0.0
             if member is None:
                 assert lease.waiter is not None
                 since = lease.waiter.since
                 member = self._wait(lease, lease.waiter, deadline - monotonic())
-                return member, monotonic() - since  # just given back by its last user: no check
+                waited = monotonic() - since
             if monotonic() - member.last_used < self._check_after_idle:
-                return member, 0.0
-            # Idle long enough to deserve a check before use (check_after_idle), bounded like any check.
+                return member, waited
+            # Idle long enough to deserve a check before use (check_after_idle; with 0, every member handed out,
+            # new and handed-over ones too), bounded like any check.
             lease.check = check = self._maintenance.new_check(member)
             verdict = check.run(max(0.0, min(self._options.health_check_timeout, deadline - monotonic())))
             lease.check = None
             if verdict is None:
-                return member, 0.0
+                return member, waited
             self._discard_checked(lease, member, verdict)
 
     def _lease_or_queue(self, lease: Lease[Any]) -> Member | None:
-        """Lease the newest fresh idle member into ``lease`` and return it, or queue the caller (None); or fail fast.
+        """Lease the next fresh idle member into ``lease`` and return it, or queue the caller (None); or fail fast.
 
         Raises:
             PoolClosed, TooManyWaiters, PoolUnavailable: As documented on :meth:`getconn`.
@@ -177,12 +180,13 @@ class LeasePath:
         retired = probe = grow = False
         leased: Member | None = None
         with inv.lock:
-            # Decide: serve the newest fresh idle member unless callers are queued ahead; else queue or fail fast.
+            # Decide: serve the next fresh idle member unless callers are queued ahead; else queue or fail fast.
             idle = inv.idle
+            take = inv.take_at
             while idle and not inv.waiters:
-                member = idle[-1]
+                member = idle[take]
                 if member.expires <= now:
-                    del idle[-1]
+                    del idle[take]
                     inv.retire(member, "lifetime")
                     retired = True
                     continue
@@ -190,7 +194,7 @@ class LeasePath:
                 member.leased_at = now
                 member.leak_reported = False
                 inv.leased[member.key] = member
-                del idle[-1]
+                del idle[take]
                 self._stats.leases += 1
                 leased = member
                 break
@@ -235,7 +239,7 @@ class LeasePath:
                     inv.remove_waiter(waiter)
                     lease.waiter = None
                     waited = monotonic() - waiter.since
-                    self._stats.timed_out()
+                    self._stats.timed_out(waited)
                     timed_out = PoolTimeout(
                         f"pool {self.name!r}: no client available after waiting {waited:.3f}s "
                         f"(timeout={max(timeout, 0.0):.3g}s; {inv.describe()})"
@@ -332,7 +336,7 @@ class LeasePath:
                         self._reset(member.raw)
                 except Exception as failure:
                     reason = reason or "reset_failed"
-                    logger.warning(
+                    self._log.warning(
                         "pool %r: discarding a client whose reset failed: %s", self.name, describe_error(failure)
                     )
         except Exception:
@@ -353,10 +357,10 @@ class LeasePath:
             full = self._stats.take_pending() if len(use_times) >= FOLD_EVERY else None
             if reason is None and inv.state is OPEN and member.expires > now and (not inv.shrunk or inv.fits()):
                 # Decide: it goes to the oldest waiter, else on top of the idle stack.
+                member.last_used = now
                 if inv.waiters:
                     inv.hand_over(member, now)
                 else:
-                    member.last_used = now
                     inv.idle.append(member)
             else:
                 if reason is None:

@@ -27,7 +27,6 @@ from .states import BreakerState, PoolState
 
 __all__ = ["Maintenance", "format_frames"]
 
-logger = logging.getLogger("syncpool")
 
 OPEN = PoolState.OPEN
 
@@ -38,6 +37,7 @@ class Maintenance:
     def __init__(
         self,
         name: str,
+        log: logging.Logger,
         inventory: Inventory,
         grower: Grower,
         connector: Connector[Any],
@@ -45,6 +45,7 @@ class Maintenance:
         events: Listeners,
     ) -> None:
         self.name = name
+        self._log = log
         self._inv = inventory
         self._grower = grower
         self._connector = connector
@@ -91,7 +92,7 @@ class Maintenance:
         self._grower.close_retired()
         self._grower.report_breaker()
         for member, held in leaks:
-            logger.warning(
+            self._log.warning(
                 "pool %r: a client has been leased for %.1fs (leak_threshold=%.3gs); possible leak, leased at:\n%s",
                 self.name, held, options.leak_threshold, format_frames(member.lease_frames or []),
             )
@@ -178,13 +179,13 @@ class Maintenance:
     def report_check_failure(self, verdict: BaseException | None, what: str) -> None:
         """Log and emit a failed check (nothing for a pass), outside the lock."""
         if verdict is OVERRAN:
-            logger.warning(
+            self._log.warning(
                 "pool %r: health check still running after %.3gs; the client is discarded",
                 self.name, self._options.health_check_timeout,
             )
             self._events.emit("check_failed", error=None)
         elif verdict is not None:
-            logger.warning("pool %r: %s: %s", self.name, what, describe_error(verdict))
+            self._log.warning("pool %r: %s: %s", self.name, what, describe_error(verdict))
             self._events.emit("check_failed", error=verdict)
 
 

@@ -85,6 +85,7 @@ class PoolOptions:
     breaker_threshold: int | None = 5
     breaker_probe_interval: float = 0.25
     monitor: bool | ClientStats = False
+    idle_order: str = "lifo"
 
     def __post_init__(self) -> None:
         check_sizes(self.min_size, self.max_size)
@@ -108,6 +109,8 @@ class PoolOptions:
             check_int("breaker_threshold", self.breaker_threshold, minimum=1)
         set_(self, "breaker_probe_interval",
              check_seconds("breaker_probe_interval", self.breaker_probe_interval, allow_zero=True))
+        if self.idle_order not in ("lifo", "fifo"):
+            raise ValueError(f"idle_order must be 'lifo' or 'fifo', got {self.idle_order!r}")
         if not isinstance(self.monitor, (bool, ClientStats)):
             raise TypeError(
                 f"monitor must be a bool or a syncpool.monitoring.ClientStats, not {type(self.monitor).__name__}"

@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["EVENTS", "Lease", "Pool"]
 
-logger = logging.getLogger("syncpool")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -105,7 +104,13 @@ class Pool(LeasePath, Generic[T]):
             on it (operations, errors, rates, latencies), aggregated over the pool's members in
             :attr:`client_stats` and in ``stats()["clients"]``. A :class:`~syncpool.monitoring.ClientStats` may be
             given to share one aggregate between pools or to choose its options. Defaults to False.
+        idle_order: Which idle client a lease takes: ``"lifo"``, the most recently returned one (a few clients
+            stay hot and the others age out through ``max_idle``), or ``"fifo"``, the one idle the longest (every
+            client is used in turn, as psycopg_pool does). Defaults to "lifo".
     """
+
+    #: The logger of this kind of pool: ``syncpool`` (a compatible subclass may log where its original did).
+    _logger_name = "syncpool"
 
     def __init__(
         self,
@@ -130,6 +135,7 @@ class Pool(LeasePath, Generic[T]):
         breaker_threshold: int | None = 5,
         breaker_probe_interval: float = 0.25,
         monitor: bool | ClientStats = False,
+        idle_order: str = "lifo",
     ) -> None:
         self._connector: Connector[T] = as_connector(connector)
         self._options = options = PoolOptions(
@@ -139,6 +145,7 @@ class Pool(LeasePath, Generic[T]):
             reconnect_failed=reconnect_failed, health_check_interval=health_check_interval,
             health_check_timeout=health_check_timeout, check_after_idle=check_after_idle,
             breaker_threshold=breaker_threshold, breaker_probe_interval=breaker_probe_interval, monitor=monitor,
+            idle_order=idle_order,
         )
         if name is None:
             name = f"pool-{next(_pool_counter)}"
@@ -149,18 +156,19 @@ class Pool(LeasePath, Generic[T]):
         if not isinstance(open, bool):
             raise TypeError(f"open must be a bool, not {type(open).__name__}")
         self.name = name
+        self._log = logging.getLogger(self._logger_name)
         #: Operation counts and latencies of the calls made on leased clients, aggregated over every member, when
         #: the pool was created with ``monitor=True``; else None.
         self.client_stats: ClientStats | None = (
             monitor if isinstance(monitor, ClientStats) else ClientStats(name) if monitor else None
         )
         self._stats = PoolStats()
-        self._inv = Inventory(min_size, max_size, max_waiting, self._stats)
+        self._inv = Inventory(min_size, max_size, max_waiting, self._stats, idle_order)
         self._events = Listeners(self)
         self._scheduler = Scheduler(name, num_workers=num_workers)
         self._grower = Grower(self, self._inv, self._connector, options, self._scheduler, self._events,
                               self.client_stats)
-        self._maintenance = Maintenance(name, self._inv, self._grower, self._connector, options, self._events)
+        self._maintenance = Maintenance(name, self._log, self._inv, self._grower, self._connector, options, self._events)
         # The lease path compares against these on every lease; inf when disabled.
         self._check_after_idle: float = math.inf if options.check_after_idle is None else options.check_after_idle
         self._leak_threshold = options.leak_threshold
@@ -251,7 +259,7 @@ class Pool(LeasePath, Generic[T]):
             self._inv.state = OPEN
         if starting:
             self._start_threads()
-            logger.info("pool %r opened (min_size=%d, max_size=%d)", self.name, self.min_size, self.max_size)
+            self._log.info("pool %r opened (min_size=%d, max_size=%d)", self.name, self.min_size, self.max_size)
             self._events.emit("open")
         if wait:
             self.wait(timeout)
@@ -299,13 +307,19 @@ class Pool(LeasePath, Generic[T]):
         Waiters get :class:`~syncpool.PoolClosed` at once and new leases fail. Idle clients are closed now. Leases
         still out may finish for up to ``timeout`` seconds; each is closed when it comes back. Clients still leased
         after the timeout are not closed under their user's feet (which could crash a client library mid-call):
-        they are closed when returned, and a warning says how many are out. Background threads are stopped and
-        joined within the same timeout (a connect or check that hangs is left to end as a daemon thread).
+        they are closed when returned, and a warning says how many are out. Background threads are then stopped and
+        joined within what is left of the timeout, but given at least a second (or the timeout, if shorter) even
+        when leases used it all up; a connect or check that hangs is left to end as a daemon thread.
         Idempotent and safe to call from several threads: later callers wait for the first close to finish, up to
         their own timeout.
         """
         timeout = check_seconds("timeout", timeout, allow_zero=True)
-        deadline = monotonic() + timeout
+        self._close(lease_timeout=timeout, thread_timeout=timeout)
+
+    def _close(self, *, lease_timeout: float, thread_timeout: float) -> None:
+        """Close, waiting up to ``lease_timeout`` for leases to come back, then up to ``thread_timeout`` (at most as
+        long again) for the background threads: waiting for leases does not leave the threads no time at all."""
+        started = monotonic()
         inv = self._inv
         with inv.lock:
             # Decide: who closes (the first caller); retire everything idle and fail every waiter.
@@ -319,24 +333,29 @@ class Pool(LeasePath, Generic[T]):
                 self._grower.cancel_retries_locked()
                 inv.changed.notify_all()
         if not first:
-            self._closed_event.wait(max(0.0, deadline - monotonic()))
+            self._closed_event.wait(max(lease_timeout, thread_timeout))
             return
         try:
             self._grower.close_retired()
             with inv.lock:
+                deadline = started + lease_timeout
                 while inv.leased and (remaining := deadline - monotonic()) > 0:
                     inv.changed.wait(remaining)
                 still_out = len(inv.leased)
                 inv.state = CLOSED
             if still_out:
-                logger.warning(
+                self._log.warning(
                     "pool %r closed with %d client(s) still leased after %.3gs; they will be closed when returned",
-                    self.name, still_out, timeout,
+                    self.name, still_out, monotonic() - started,
                 )
-            if not self._scheduler.stop(max(0.0, deadline - monotonic())):
-                logger.warning("pool %r: a background thread did not stop within %.3gs", self.name, timeout)
+            join = max(started + thread_timeout - monotonic(), min(thread_timeout, 1.0))
+            if not self._scheduler.stop(join):
+                self._log.warning(
+                    "pool %r: a background thread did not stop within %.3gs (a connect or close that hangs); "
+                    "it is left to end as a daemon thread", self.name, join,
+                )
             self._grower.close_retired()  # what came back or finished connecting meanwhile
-            logger.info("pool %r closed", self.name)
+            self._log.info("pool %r closed", self.name)
         finally:
             self._closed_event.set()
         self._events.emit("close")
@@ -510,7 +529,7 @@ class Pool(LeasePath, Generic[T]):
                 inv.retire(member, "resize")
             del inv.idle[:surplus]
             inv.shrunk = inv.size() > new_max  # until it fits again, members that come back are retired
-        logger.info("pool %r resized to min_size=%d max_size=%d", self.name, new_min, new_max)
+        self._log.info("pool %r resized to min_size=%d max_size=%d", self.name, new_min, new_max)
         self._grower.close_retired()  # here and now: the caller asked for it
         self._grower.wake()
         self._events.emit("resize", min_size=new_min, max_size=new_max)
@@ -531,7 +550,7 @@ class Pool(LeasePath, Generic[T]):
             inv.idle = []
             for member in inv.leased.values():
                 member.expires = -math.inf  # discarded on return, as "reload"
-        logger.info("pool %r: reloading (%d idle client(s) replaced now, leased ones on return)", self.name, retired)
+        self._log.info("pool %r: reloading (%d idle client(s) replaced now, leased ones on return)", self.name, retired)
         self._grower.close_retired()  # here and now: the caller asked for it
         self._events.emit("reload")
 
@@ -642,7 +661,7 @@ class Pool(LeasePath, Generic[T]):
             try:
                 self._connector.after_fork(member.raw)
             except Exception as error:  # never let one connector break the child's start
-                logger.warning("pool %r: after_fork failed: %s", self.name, describe_error(error))
+                self._log.warning("pool %r: after_fork failed: %s", self.name, describe_error(error))
         if inv.state is OPEN:
             self._start_threads()
 

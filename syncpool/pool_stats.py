@@ -35,7 +35,8 @@ class PoolStats:
     """Counters and histograms of one pool. Methods marked "locked" are called with the pool lock held."""
 
     __slots__ = (
-        "leases", "waited", "timeouts", "too_many_waiters", "breaker_rejections", "wait_seconds", "created",
+        "leases", "waited", "timeouts", "too_many_waiters", "breaker_rejections", "wait_seconds",
+        "timeout_wait_seconds", "created",
         "connect_errors", "connect_seconds", "leaks", "health_ok", "health_failed", "discards",
         "use_times", "wait_times", "connect_times", "_histograms", "_since_pop", "_popped", "_fold_lock",
     )
@@ -47,6 +48,7 @@ class PoolStats:
         self.too_many_waiters = 0
         self.breaker_rejections = 0
         self.wait_seconds = 0.0  # queued time of the leases that got a member
+        self.timeout_wait_seconds = 0.0  # queued time of the leases that timed out
         self.created = 0
         self.connect_errors = 0
         self.connect_seconds = 0.0  # time spent in successful connects
@@ -72,9 +74,10 @@ class PoolStats:
         self.wait_seconds += waited
         self.wait_times.append(waited)
 
-    def timed_out(self) -> None:
-        """Count a lease that gave up waiting. Locked."""
+    def timed_out(self, waited: float) -> None:
+        """Count a lease that gave up after waiting ``waited`` seconds. Locked."""
         self.timeouts += 1
+        self.timeout_wait_seconds += waited
 
     def connected(self, seconds: float) -> None:
         """Count a successful connect that took ``seconds``. Locked."""
@@ -105,6 +108,7 @@ class PoolStats:
             "too_many_waiters": self.too_many_waiters,
             "breaker_rejections": self.breaker_rejections,
             "wait_ms_total": self.wait_seconds * 1000.0,
+            "timeout_wait_ms_total": self.timeout_wait_seconds * 1000.0,
             "connections_created": self.created,
             "connections_discarded": sum(self.discards.values()),
             "discards": dict(self.discards),

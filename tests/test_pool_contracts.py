@@ -22,9 +22,8 @@ from syncpool import (
     PoolUnavailable,
     TooManyWaiters,
     errors,
+    leasing,
 )
-from syncpool import leasing
-from syncpool import pool as pool_module
 from syncpool.pool import EVENTS
 
 from .fakes import FakeClient, FakeConnector, wait_until
