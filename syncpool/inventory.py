@@ -83,11 +83,13 @@ class Inventory:
         """Give a member that is not counted anywhere to the oldest waiter, or put it on top of the idle stack.
 
         Under the lock. The member is leased on the waiter's behalf before the waiter is taken off the queue and
-        woken: an exception between two of these steps leaves the waiter queued (it finds its member, or times out
-        and leaves) and never a member that nobody owns in ``leased``.
+        woken: an exception between two of these steps leaves a waiter that finds its member when it wakes or times
+        out, and is skipped here if it is still queued; never a member in ``leased`` that nobody owns.
         """
         member.last_used = now
         waiters = self.waiters
+        while waiters and waiters[0].member is not None:
+            del waiters[0]  # served by a hand-off that an exception cut short before it took the waiter off
         if not waiters:
             self.idle.append(member)
             return
