@@ -4,36 +4,35 @@
 instance, ...) and behaves like it, while every public method call is counted, timed and, when it raises,
 classified by exception type; the exception itself reaches the caller unchanged. Statistics live in a
 :class:`ClientStats`, which many wrappers may share: a pool created with ``monitor=True`` owns one and
-wraps every member with ``MonitoredClient(raw, name=pool.name, sink=pool_stats)``, so the pool reports
-its members' calls aggregated.
+wraps every member with ``MonitoredClient(raw, name=pool.name, sink=pool.client_stats,
+**connector.monitor_options())``, so the pool reports its members' calls aggregated.
 
-The call path takes no lock
----------------------------
-A monitored call costs two ``perf_counter()`` reads, one float subtraction, one ``list.append`` onto the
-method's pending list and one float comparison. ``list.append`` is atomic (under the GIL, and under the
-per-object lock of free-threaded builds), so counts stay exact under any number of threads without a lock.
-The pending durations are folded into the method's :class:`~syncpool.histogram.Histogram` (in C, via
-``map``) under a per-method lock by the first call that ends in a new 50 ms slot, by a failing call, and by
-:meth:`ClientStats.stats`. So the pending list holds at most one slot's worth of calls (bounded memory), and
-every pending call is known to have ended in the current slot, which gives the per-second counts behind the
-recent rate (``ops_per_sec_recent``, last 60 s by default) without storing a timestamp per call.
+Recording
+---------
+Each method name has a recorder: a list of pending durations, a latency :class:`~syncpool.histogram.Histogram`,
+counters and a lock. A call reads ``time.perf_counter()`` before and after and appends the difference to the
+pending list without taking any lock: ``list.append`` is atomic (under the GIL, and under the per-object lock of
+free-threaded builds), so counts stay exact under any number of threads. Time is cut into 50 ms slots, and every
+pending duration belongs to a call that ended in the current slot. Under the recorder's lock, the first call that
+ends in a later slot, every failed call and :meth:`ClientStats.stats` fold the pending durations into the histogram
+in one batch and count them against the second their slot lies in. That gives the per-second counts behind
+``ops_per_sec_recent`` without a timestamp per call, and bounds the pending list to one slot's calls. What this
+costs per call is measured by ``benchmarks/bench_monitor.py``.
 
-The C accelerator
------------------
-``syncpool._speedups`` is a small optional C extension, built at install time wherever a C compiler is at hand
-(and skipped with a warning where none is). For exact-mode recorders on the default clock it replaces the
-Python wrapper above with a ``TimedCall`` that forwards its arguments by vectorcall (no tuple or dict is
-built), reads the same ``perf_counter`` clock, and adds the duration straight into per-bucket counters that use
-the histogram's own bucket layout, so a fold merges counts instead of bucketing values. Calls that end past
-``rollover`` or raise go to the same ``record_late`` / ``record_error`` as in Python. It is not used on
-free-threaded builds (it relies on the GIL) or when ``SYNCPOOL_NO_SPEEDUPS`` is set.
+Hazards, and why each is harmless:
 
-Cost (``benchmarks/bench_monitor.py``, CPython 3.11, 2 cores): with the accelerator a monitored call adds
-about 90-130 ns, 1.4 to 1.5 uncontended lock acquire+release pairs, at 1 and at 8 threads. The pure-Python path adds
-about 400-550 ns, 6 pairs (the wrapper frame with ``*args, **kwargs`` about 1, two clock reads about 1, append
-and compare about 0.5, amortised bucketing about 2). There, ``ClientStats(latency_sample=8)`` times one call
-in eight and only counts the others, for 3.5 to 5 pairs; counts, errors and rates stay exact, latency becomes
-a sample.
+* A fold copies a prefix of the pending list, then deletes exactly that prefix, and only lock holders delete. An
+  append that races with a fold lands after the prefix and is folded the next time: never lost, never counted twice.
+* The slot boundary (``rollover``) is read without the lock. A stale read only sends one call through the locked
+  path; a thread preempted between its clock reading and its append has its call counted in a later slot. The
+  recent rate may move a call by a slot; the totals stay exact.
+* Call wrappers keep the bound ``append`` of their recorder's list, so :meth:`ClientStats.reset` empties the lists
+  in place and never replaces them.
+* ``os.fork()`` copies the forking thread only: a lock that another thread held stays held forever in the child.
+  Each :class:`ClientStats` registers with :mod:`syncpool.forking` and, in a child, replaces its own lock and those
+  of its recorders and their histograms. The child starts from the parent's figures, less the calls that a fold
+  was moving at that instant.
+* Statistics hold exception class names, never messages (which may quote a query, a key or a password).
 
 Wrapping rules
 --------------
@@ -45,9 +44,13 @@ Wrapping rules
   (``es.indices.create`` -> ``indices.create``). A non-callable attribute is a namespace when its name is
   listed in ``namespaces=``, or, by default (``namespaces=None``), when its class name ends in ``Client``
   (the elasticsearch-py ``NamespacedClient`` convention; ``s3.meta`` stays a plain attribute).
+* Values returned by calls are returned as they are, except for the calls named in ``results=``: their result
+  is wrapped too, because it is what does the work (a cursor, a paginator's pages, a ``COPY``), and
+  :class:`WrapResult` says what to record on it. ``with conn.cursor() as cur: cur.execute(...)`` is then recorded
+  as ``cursor`` and ``cursor.execute``. A pool takes these rules from its connector's
+  ``Connector.monitor_options()``; the PostgreSQL and S3 connectors set them (see ``docs/monitoring.md``).
 * Everything else (data attributes, ``_private`` names, classes such as ``s3.exceptions.NoSuchKey``) passes
-  through untouched; attribute assignment and deletion go to the wrapped object; values returned by calls
-  (a cursor, a paginator) are not wrapped.
+  through untouched; attribute assignment and deletion go to the wrapped object.
 * ``with MonitoredClient(x) as c`` enters ``x`` if it is a context manager and gives back the wrapper
   (or whatever ``x.__enter__`` returned, if that is not ``x`` itself); it also works if ``x`` is not one.
 * ``stats``, ``reset``, ``monitor``, ``wrapped`` and ``__wrapped__`` are the wrapper's own names; reach a
@@ -57,8 +60,9 @@ isinstance
 ----------
 The documented way is :func:`unwrap` (or the ``wrapped`` attribute): ``isinstance(unwrap(c), Cls)``.
 In addition the proxies report the wrapped object's class through ``__class__`` (the ``wrapt`` /
-``unittest.mock`` technique), so ``isinstance(c, type(raw))`` is also true for code you do not control;
-``type(c)`` still tells the truth (:class:`MonitoredClient`) and ``isinstance(c, MonitoredClient)`` holds.
+``unittest.mock`` technique), so ``isinstance(c, type(raw))`` is also true for code you do not control
+(``elasticsearch.helpers.bulk(c, ...)``, a cursor passed to a library); ``type(c)`` still tells the truth
+(:class:`MonitoredClient`) and ``isinstance(c, MonitoredClient)`` holds.
 """
 
 from __future__ import annotations
@@ -68,16 +72,18 @@ import inspect
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ._accel import speedups as _speedups
+from . import forking
 from .histogram import Histogram
 
-__all__ = ["ClientStats", "MonitoredClient", "monitor_of", "monitored", "unwrap"]
+__all__ = ["ClientStats", "MonitoredClient", "WrapResult", "monitor_of", "monitored", "unwrap"]
 
 _SLOTS_PER_SECOND = 20  # 50 ms fold slots
 _MONITOR_ATTRIBUTE = "__syncpool_monitor__"
+_MEASURES = ("call", "iteration", "block")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,53 +91,30 @@ F = TypeVar("F", bound=Callable[..., Any])
 class _MethodStats:
     """Counters of one method name inside a :class:`ClientStats` (internal).
 
-    Invariant: every entry in ``pending`` (and ``calls``) belongs to a call that ended before ``rollover``,
-    i.e. inside the slot ``_slot`` (modulo a thread preempted between its clock read and its append, which
-    can only push a call into a later slot; with sampling, up to ``sample_every - 1`` untimed calls made
-    after the last timed one may be attributed to its slot).
-
-    Exact mode (``sample_every == 1``): ``pending`` holds the duration of every successful call not yet
-    folded, and counts come from it. Sampled mode: every successful call appends ``None`` to ``calls`` (the
-    exact count), and only every ``sample_every``-th call is timed into ``pending``; a fold counts every
-    entry of ``calls`` but deletes whole periods only, and ``_carried`` says how many of the entries left
-    (fewer than ``sample_every``) are already counted.
+    Invariant: every duration in ``pending`` belongs to a call that ended before ``rollover``, i.e. inside the slot
+    ``_slot`` (modulo a thread preempted between its clock read and its append, which can only push a call into a
+    later slot). Only holders of ``_lock`` delete from ``pending``.
     """
 
     __slots__ = (
-        "pending",
-        "calls",
-        "rollover",
-        "clock",
-        "sample_every",
-        "_slot",
-        "_lock",
-        "_histogram",
-        "_operations",
-        "_carried",
-        "_errors",
-        "_window",
-        "_keep",
-        "accumulator",
-    )
+        "pending", "rollover", "clock", "_slot", "_lock", "_histogram", "_operations", "_errors", "_window", "_keep",
+    )  # fmt: skip
 
-    def __init__(self, clock: Callable[[], float], window: int, sample_every: int = 1) -> None:
+    def __init__(self, clock: Callable[[], float], window: int) -> None:
         self.clock = clock
-        self.sample_every = sample_every
         self.pending: list[float] = []
-        self.calls: list[None] = []
         self._lock = threading.Lock()
         self._histogram = Histogram()
         self._operations = 0
-        self._carried = 0
         self._errors: dict[str, int] = {}
         self._window: dict[int, int] = {}  # whole second -> calls that ended in it
         self._keep = window + 1
         self._slot = math.floor(clock() * _SLOTS_PER_SECOND)
         self.rollover = (self._slot + 1) / _SLOTS_PER_SECOND
-        # The C accelerator times exact-mode calls on its own clock: only when that is the clock asked for.
-        self.accumulator: Any = None
-        if _speedups is not None and sample_every == 1 and clock is time.perf_counter:
-            self.accumulator = _speedups.Accumulator(self.rollover)
+
+    def _count_locked(self, second: int, calls: int) -> None:
+        self._operations += calls
+        self._window[second] = self._window.get(second, 0) + calls
 
     def _fold_locked(self) -> None:
         # Appends that race with us land after the copied prefix; only lock holders delete.
@@ -140,24 +123,9 @@ class _MethodStats:
         if batch:
             del pending[: len(batch)]
             self._histogram.add_many(batch)
-        if self.sample_every == 1:
-            folded = len(batch)
-            if self.accumulator is not None:
-                folded += self._histogram.add_accumulated(self.accumulator)
-        else:
-            # Count every call, but delete whole periods only: the wrappers time a call when len(calls) is a
-            # multiple of sample_every, so the counted remainder stays to keep that phase across folds.
-            calls = self.calls
-            length = len(calls)
-            folded = length - self._carried
-            self._carried = length & (self.sample_every - 1)
-            del calls[: length - self._carried]
-        if folded:
-            self._operations += folded
-            second = self._slot // _SLOTS_PER_SECOND
-            self._window[second] = self._window.get(second, 0) + folded
+            self._count_locked(self._slot // _SLOTS_PER_SECOND, len(batch))
 
-    def _add_locked(self, end: float, elapsed: float | None, counted: bool) -> None:
+    def _record_locked(self, end: float, elapsed: float) -> None:
         # Decides which slot is current; pending calls belong to the old one, so fold them first.
         self._fold_locked()
         slot = math.floor(end * _SLOTS_PER_SECOND)
@@ -165,32 +133,28 @@ class _MethodStats:
             old_second = self._slot // _SLOTS_PER_SECOND
             self._slot = slot
             self.rollover = (slot + 1) / _SLOTS_PER_SECOND
-            if self.accumulator is not None:
-                self.accumulator.rollover = self.rollover
             second = slot // _SLOTS_PER_SECOND
             if second != old_second:
                 oldest = second - self._keep
                 for stale in [s for s in self._window if s < oldest]:
                     del self._window[stale]
-        if elapsed is not None:
-            self._histogram.add(elapsed if elapsed > 0.0 else 0.0)
-        if not counted:
-            self._operations += 1
-            second = math.floor(end)
-            self._window[second] = self._window.get(second, 0) + 1
+        self._histogram.add(elapsed if elapsed > 0.0 else 0.0)
+        self._count_locked(math.floor(end), 1)
 
-    def record_late(self, end: float, elapsed: float) -> None:
-        """Record a successful timed call that ended at or after ``rollover`` (about once per 50 ms)."""
-        with self._lock:
-            # In sampled mode the call already appended itself to ``calls``.
-            self._add_locked(end, elapsed, counted=self.sample_every != 1)
+    def record(self, start: float, end: float) -> None:
+        """Record a successful operation that ran from ``start`` to ``end`` (clock readings)."""
+        if end < self.rollover:
+            self.pending.append(end - start)
+        else:
+            with self._lock:
+                self._record_locked(end, end - start)
 
-    def record_error(self, start: float | None, error: BaseException) -> None:
-        """Record a call that raised ``error`` (``start`` is None for an untimed call in sampled mode)."""
+    def record_error(self, start: float, error: BaseException) -> None:
+        """Record an operation that started at ``start`` and has just raised ``error``."""
         end = self.clock()
+        key = type(error).__name__
         with self._lock:
-            self._add_locked(end, None if start is None else end - start, counted=False)
-            key = type(error).__name__
+            self._record_locked(end, end - start)
             self._errors[key] = self._errors.get(key, 0) + 1
 
     def collect(self, now_second: int, window: int) -> tuple[int, Histogram, dict[str, int], int]:
@@ -203,15 +167,15 @@ class _MethodStats:
     def reset(self) -> None:
         """Forget everything recorded so far."""
         with self._lock:
-            del self.pending[:]  # in place: call wrappers hold these lists' bound append
-            del self.calls[:]
-            if self.accumulator is not None:
-                self.accumulator.drain()
+            del self.pending[:]  # in place: call wrappers hold this list's bound append
             self._histogram = Histogram()
             self._operations = 0
-            self._carried = 0
             self._errors = {}
             self._window = {}
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._histogram._after_fork_in_child()
 
 
 def _summary(operations: int, errors: int, recent: int, uptime: float, window: int) -> dict[str, Any]:
@@ -230,21 +194,16 @@ class ClientStats:
     A pool with ``monitor=True`` owns one and passes it as ``sink=`` to the wrapper of every member, so its
     :meth:`stats` aggregate the calls of all members, past and present. Recording is lock-free (see the module
     docstring); :meth:`stats` folds each method's pending calls under that method's lock and builds the
-    result from one pass, so within a method ``errors <= operations`` and (unless sampling) the latency count
-    equals ``operations``.
+    result from one pass, so within a method ``errors <= operations`` and the latency count equals
+    ``operations``. Safe to use in a child process forked while other threads were recording.
 
     Args:
         name: Reported as ``name`` in :meth:`stats` (a pool name, ``"s3"``...). Never put a secret in it.
         window: Length in whole seconds of the recent-rate window (``ops_per_sec_recent``). Defaults to 60.
-        latency_sample: Time one call in this many (a power of two). Defaults to 1: every call is timed and
-            the latency percentiles are within :data:`~syncpool.histogram.RELATIVE_ERROR` of the truth. With
-            8, the added cost per call roughly halves; counts and errors stay exact, failed calls are always
-            counted, latency becomes a 1-in-8 sample (``max`` and percentiles are then estimates), and the
-            recent rate may shift up to ``latency_sample - 1`` calls by a 50 ms slot.
         clock: Monotonic clock in seconds, injectable for tests. Defaults to ``time.perf_counter``.
 
     Raises:
-        ValueError: If ``window`` or ``latency_sample`` is invalid.
+        ValueError: If ``window`` is not a whole number of seconds >= 1.
     """
 
     def __init__(
@@ -252,20 +211,17 @@ class ClientStats:
         name: str = "client",
         *,
         window: int = 60,
-        latency_sample: int = 1,
         clock: Callable[[], float] = time.perf_counter,
     ):
         if not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be a whole number of seconds >= 1, got {window!r}")
-        if not isinstance(latency_sample, int) or latency_sample < 1 or latency_sample & (latency_sample - 1):
-            raise ValueError(f"latency_sample must be a power of two >= 1, got {latency_sample!r}")
         self.name = name
         self.window = window
-        self.latency_sample = latency_sample
         self._clock = clock
         self._lock = threading.Lock()
         self._methods: dict[str, _MethodStats] = {}
         self._started = clock()
+        forking.register(self)
 
     def method_stats(self, method: str) -> _MethodStats:
         """Return the recorder of one method name, creating it on first use (called once per wrapper and name).
@@ -281,9 +237,7 @@ class ClientStats:
             with self._lock:
                 recorder = self._methods.get(method)
                 if recorder is None:
-                    recorder = self._methods[method] = _MethodStats(
-                        self._clock, self.window, self.latency_sample
-                    )
+                    recorder = self._methods[method] = _MethodStats(self._clock, self.window)
         return recorder
 
     def stats(self) -> dict[str, Any]:
@@ -293,11 +247,9 @@ class ClientStats:
             A dict with ``name``; ``operations``, ``errors``, ``ops_per_sec`` (since start or reset),
             ``error_rate`` (errors / operations) and ``ops_per_sec_recent`` (over the last ``window``
             seconds, at one-second resolution; over the uptime while that is shorter); ``window``;
-            ``latency_sample``;
             ``uptime`` (seconds); ``errors_by_type`` (exception class name -> count); ``latency`` (a
             :meth:`Histogram.snapshot` of every call, failed ones included); and ``methods``, mapping each
-            method name to a dict with the same keys except ``name``, ``window``, ``latency_sample``,
-            ``uptime`` and ``methods``.
+            method name to a dict with the same keys except ``name``, ``window``, ``uptime`` and ``methods``.
         """
         with self._lock:
             recorders = sorted(self._methods.items())
@@ -325,7 +277,6 @@ class ClientStats:
         result.update(_summary(operations_total, errors, recent_total, uptime, self.window))
         result.update(
             window=self.window,
-            latency_sample=self.latency_sample,
             uptime=uptime,
             errors_by_type=errors_by_type,
             latency=total.snapshot(),
@@ -348,73 +299,128 @@ class ClientStats:
         for recorder in recorders:
             recorder.reset()
 
+    def _after_fork_in_child(self) -> None:
+        # Called by syncpool.forking in a forked child, where no other thread runs: any of these locks may have
+        # been held by a thread of the parent at the fork, and would then never be released.
+        self._lock = threading.Lock()
+        for recorder in self._methods.values():
+            recorder._after_fork_in_child()
+
     def __repr__(self) -> str:
         """Return the name and the method count."""
         return f"<ClientStats {self.name!r} methods={len(self._methods)}>"
 
 
-def _make_call(method: Callable[..., Any], recorder: _MethodStats) -> Callable[..., Any]:
-    """Return a function that calls ``method`` and records the call into ``recorder``.
+@dataclass(frozen=True, kw_only=True)
+class WrapResult:
+    """How a :class:`MonitoredClient` monitors what one of its calls returns (the values of ``results=``).
 
-    This is the hot path; every line costs. No lock: ``append`` is atomic, ``rollover`` is read racily on
-    purpose (a stale read only delays a fold by one call).
+    The result is wrapped in a proxy that behaves like it (``isinstance`` and :func:`unwrap` work as on the
+    client itself) and records the calls named by ``methods``. ``measure`` says where the work of the call is done:
+
+    * ``"call"``: in the call itself, recorded under its own name as usual; e.g. ``conn.cursor()`` as ``cursor``.
+      If the result, used as a context manager, enters as itself, the proxy enters as itself too, so the calls
+      inside ``with conn.cursor() as cur:`` are recorded (``cursor.execute``).
+    * ``"iteration"``: while iterating over the result (the pages of a boto3 paginator's ``paginate()``). Each
+      item fetched is one operation under the call's name, timed from the request for it to its arrival; the
+      call itself, which only prepares, is not recorded.
+    * ``"block"``: in the ``with`` block of the result (psycopg's ``cur.copy()``). The block, from ``__enter__``
+      to ``__exit__``, is one operation under the call's name, failed if it raised; the call itself is not
+      recorded, and ``__enter__`` returns what the result's own ``__enter__`` returns.
+
+    Args:
+        methods: Names of the result's methods to record, each as ``prefix + name``. ``None`` records every
+            public method, ``()`` none. A call that has a rule of its own in ``results`` is always monitored by
+            that rule. Defaults to ``None``.
+        prefix: Put before the names of the calls made on the result, to record them and to find their own
+            rules in ``results``. Defaults to the call's name and a dot (``"cursor."``); ``""`` records them as
+            calls of the client itself (for a client method that returns a reconfigured copy of the client).
+        measure: ``"call"``, ``"iteration"`` or ``"block"``, as above. Defaults to ``"call"``.
+
+    Raises:
+        ValueError: If ``measure`` is not one of the three.
+        TypeError: If ``methods`` is a string or holds something else than strings, or ``prefix`` is not a string.
     """
-    append = recorder.pending.append
+
+    methods: Collection[str] | None = None
+    prefix: str | None = None
+    measure: str = "call"
+
+    def __post_init__(self) -> None:
+        if self.methods is not None:
+            if isinstance(self.methods, str) or not all(isinstance(name, str) for name in self.methods):
+                raise TypeError(f"methods must be a collection of method names or None, got {self.methods!r}")
+            object.__setattr__(self, "methods", frozenset(self.methods))
+        if self.prefix is not None and not isinstance(self.prefix, str):
+            raise TypeError(f"prefix must be a str or None, got {type(self.prefix).__name__}")
+        if self.measure not in _MEASURES:
+            raise ValueError(f"measure must be one of {', '.join(map(repr, _MEASURES))}, got {self.measure!r}")
+
+
+def _make_call(method: Callable[..., Any], recorder: _MethodStats) -> Callable[..., Any]:
+    """Return a function that calls ``method`` and records the call into ``recorder`` (the hot path)."""
     clock = recorder.clock
+    record = recorder.record
 
-    call: Callable[..., Any]
-    if recorder.accumulator is not None:  # the C accelerator: the same steps, without a Python frame
-        call = _speedups.TimedCall(method, recorder, recorder.accumulator)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        start = clock()
+        try:
+            result = method(*args, **kwargs)
+        except BaseException as error:
+            recorder.record_error(start, error)
+            raise
+        record(start, clock())
+        return result
 
-    elif recorder.sample_every == 1:
+    return _as_wrapper_of(call, method)
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            start = clock()
-            try:
-                result = method(*args, **kwargs)
-            except BaseException as error:
-                recorder.record_error(start, error)
-                raise
-            end = clock()
-            if end < recorder.rollover:
-                append(end - start)
-            else:
-                recorder.record_late(end, end - start)
-            return result
 
-    else:
-        calls = recorder.calls
-        count = calls.append
-        mask = recorder.sample_every - 1
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if len(calls) & mask:  # untimed: only counted (racy length read: sampling stays approximate)
-                try:
-                    result = method(*args, **kwargs)
-                except BaseException as error:
-                    recorder.record_error(None, error)
-                    raise
-                count(None)
-                return result
-            start = clock()
-            try:
-                result = method(*args, **kwargs)
-            except BaseException as error:
-                recorder.record_error(start, error)
-                raise
-            end = clock()
-            count(None)
-            if end < recorder.rollover:
-                append(end - start)
-            else:
-                recorder.record_late(end, end - start)
-            return result
-
+def _as_wrapper_of(wrapper: Callable[..., Any], method: Callable[..., Any]) -> Callable[..., Any]:
     try:
-        functools.update_wrapper(call, method)
+        functools.update_wrapper(wrapper, method)
     except (AttributeError, TypeError):  # pragma: no cover - exotic callables without __name__ etc.
-        call.__wrapped__ = method  # type: ignore[attr-defined]
-    return call
+        wrapper.__wrapped__ = method  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _make_following_call(method: Callable[..., Any], name: str, rule: WrapResult, parent: _Proxy) -> Callable[..., Any]:
+    """Return a function that calls ``method`` (recorded as ``name`` if ``rule`` measures the call) and wraps its
+    result according to ``rule``."""
+    monitor = parent._sp_monitor
+    recorder = monitor.method_stats(name)
+    prefix = name + "." if rule.prefix is None else rule.prefix
+    namespaces = parent._sp_namespaces
+    results = parent._sp_results
+    invoke = _make_call(method, recorder) if rule.measure == "call" else method
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        result = invoke(*args, **kwargs)
+        if result is None:
+            return None
+        return _Result(result, monitor, prefix, namespaces, results, rule, recorder)
+
+    return _as_wrapper_of(call, method)
+
+
+def _steps(iterator: Iterator[Any], recorder: _MethodStats) -> Iterator[Any]:
+    """Yield what ``iterator`` yields, recording the fetch of each item as one operation."""
+    clock = recorder.clock
+    try:
+        while True:
+            start = clock()
+            try:
+                item = next(iterator)
+            except StopIteration:  # the end of the iteration, not an operation
+                return
+            except BaseException as error:
+                recorder.record_error(start, error)
+                raise
+            recorder.record(start, clock())
+            yield item
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:  # a loop left early: let a generator doing I/O clean up now, not at collection
+            close()
 
 
 def _is_namespace(name: str, value: Any, namespaces: frozenset[str] | None) -> bool:
@@ -423,26 +429,36 @@ def _is_namespace(name: str, value: Any, namespaces: frozenset[str] | None) -> b
     return type(value).__name__.endswith("Client") and not callable(value)
 
 
-_INTERNAL = frozenset({"_sp_target", "_sp_monitor", "_sp_prefix", "_sp_namespaces"})
-
-
 class _Proxy:
-    """Shared machinery of :class:`MonitoredClient` and nested namespace proxies."""
+    """Shared machinery of :class:`MonitoredClient`, nested namespace proxies and wrapped results."""
 
-    __slots__ = ("_sp_target", "_sp_monitor", "_sp_prefix", "_sp_namespaces", "__dict__", "__weakref__")
+    __slots__ = (
+        "_sp_target", "_sp_monitor", "_sp_prefix", "_sp_namespaces", "_sp_results", "_sp_methods",
+        "__dict__", "__weakref__",  # the dict caches wrappers
+    )  # fmt: skip
 
     _sp_target: Any
     _sp_monitor: ClientStats
     _sp_prefix: str
     _sp_namespaces: frozenset[str] | None
+    _sp_results: Mapping[str, WrapResult]
+    _sp_methods: Collection[str] | None
 
     def _sp_init(
-        self, target: Any, monitor: ClientStats, prefix: str, namespaces: frozenset[str] | None
+        self,
+        target: Any,
+        monitor: ClientStats,
+        prefix: str,
+        namespaces: frozenset[str] | None,
+        results: Mapping[str, WrapResult],
+        methods: Collection[str] | None = None,
     ) -> None:
         object.__setattr__(self, "_sp_target", target)
         object.__setattr__(self, "_sp_monitor", monitor)
         object.__setattr__(self, "_sp_prefix", prefix)
         object.__setattr__(self, "_sp_namespaces", namespaces)
+        object.__setattr__(self, "_sp_results", results)
+        object.__setattr__(self, "_sp_methods", methods)
 
     def __getattr__(self, name: str) -> Any:
         """Fetch ``name`` from the wrapped object, wrapping public methods and namespaces (cached)."""
@@ -451,10 +467,17 @@ class _Proxy:
         value = getattr(self._sp_target, name)
         if name.startswith("_") or isinstance(value, type):
             return value
+        qualified = self._sp_prefix + name
         if callable(value):
-            wrapper: Any = _make_call(value, self._sp_monitor.method_stats(self._sp_prefix + name))
+            rule = self._sp_results.get(qualified)
+            if rule is not None:
+                wrapper: Any = _make_following_call(value, qualified, rule, self)
+            elif self._sp_methods is None or name in self._sp_methods:
+                wrapper = _make_call(value, self._sp_monitor.method_stats(qualified))
+            else:
+                wrapper = value  # not recorded; cached all the same, so that a loop of fetchone() stays cheap
         elif _is_namespace(name, value, self._sp_namespaces):
-            wrapper = _Namespace(value, self._sp_monitor, f"{self._sp_prefix}{name}.", self._sp_namespaces)
+            wrapper = _Namespace(value, self._sp_monitor, qualified + ".", self._sp_namespaces, self._sp_results)
         else:
             return value
         self.__dict__[name] = wrapper
@@ -524,13 +547,91 @@ class _Namespace(_Proxy):
     __slots__ = ()
 
     def __init__(
-        self, target: Any, monitor: ClientStats, prefix: str, namespaces: frozenset[str] | None
+        self,
+        target: Any,
+        monitor: ClientStats,
+        prefix: str,
+        namespaces: frozenset[str] | None,
+        results: Mapping[str, WrapResult],
     ) -> None:
-        self._sp_init(target, monitor, prefix, namespaces)
+        self._sp_init(target, monitor, prefix, namespaces, results)
 
     def __repr__(self) -> str:
         """Show the namespace and the wrapped object."""
         return f"<monitored namespace {self._sp_prefix[:-1]!r} of {self._sp_target!r}>"
+
+
+class _Result(_Proxy):
+    """The result of a call named in ``results=``, monitored as its :class:`WrapResult` says."""
+
+    __slots__ = ("_sp_rule", "_sp_recorder", "_sp_started")
+
+    _sp_rule: WrapResult
+    _sp_recorder: _MethodStats
+    _sp_started: float | None
+
+    def __init__(
+        self,
+        target: Any,
+        monitor: ClientStats,
+        prefix: str,
+        namespaces: frozenset[str] | None,
+        results: Mapping[str, WrapResult],
+        rule: WrapResult,
+        recorder: _MethodStats,
+    ) -> None:
+        self._sp_init(target, monitor, prefix, namespaces, results, rule.methods)
+        object.__setattr__(self, "_sp_rule", rule)
+        object.__setattr__(self, "_sp_recorder", recorder)  # the call's own recorder, for iteration and blocks
+        object.__setattr__(self, "_sp_started", None)
+
+    def __enter__(self) -> Any:
+        """Enter the wrapped object; return this proxy where it returns itself (``"block"``: as it is)."""
+        target = self._sp_target
+        enter = getattr(type(target), "__enter__", None)
+        if enter is None or not hasattr(type(target), "__exit__"):
+            raise TypeError(f"{type(target).__name__!r} object does not support the context manager protocol")
+        if self._sp_rule.measure != "block":
+            entered = enter(target)
+            return self if entered is target else entered
+        recorder = self._sp_recorder
+        start = recorder.clock()
+        try:
+            entered = enter(target)
+        except BaseException as error:
+            recorder.record_error(start, error)
+            raise
+        object.__setattr__(self, "_sp_started", start)
+        return entered
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> Any:
+        """Exit the wrapped object (``"block"``: and record the block, failed if it raised)."""
+        start = self._sp_started
+        if start is None:  # "call" or "iteration", or a block never entered
+            return type(self._sp_target).__exit__(self._sp_target, exc_type, exc, traceback)
+        object.__setattr__(self, "_sp_started", None)
+        recorder = self._sp_recorder
+        try:
+            suppressed = type(self._sp_target).__exit__(self._sp_target, exc_type, exc, traceback)
+        except BaseException as error:
+            recorder.record_error(start, error)
+            raise
+        if exc is not None and not suppressed:
+            recorder.record_error(start, exc)
+        else:
+            recorder.record(start, recorder.clock())
+        return suppressed
+
+    def __iter__(self) -> Iterator[Any]:
+        """Iterate over the wrapped object (``"iteration"``: recording each item fetched)."""
+        iterator: Iterator[Any] = iter(self._sp_target)
+        if self._sp_rule.measure != "iteration":
+            return iterator
+        return _steps(iterator, self._sp_recorder)
+
+    def __repr__(self) -> str:
+        """Show the wrapped object."""
+        return f"<monitored result of {self._sp_target!r}>"
 
 
 class MonitoredClient(_Proxy):
@@ -552,6 +653,13 @@ class MonitoredClient(_Proxy):
             Defaults to a new one.
         namespaces: Attribute names to treat as nested API namespaces; ``None`` (default) guesses: non-callable
             attributes whose class name ends in ``Client``.
+        results: The calls whose results are monitored too, by their recorded name (``"cursor"``,
+            ``"cursor.copy"``, ``"indices.get_alias"``), each with a :class:`WrapResult` saying how. For example
+            ``{"cursor": WrapResult(methods=("execute", "executemany"))}`` records ``cur.execute(...)`` as
+            ``cursor.execute``. Defaults to none: results are returned as they are.
+
+    Raises:
+        TypeError: If ``results`` is not a mapping of names to :class:`WrapResult`.
     """
 
     __slots__ = ()
@@ -563,10 +671,16 @@ class MonitoredClient(_Proxy):
         name: str | None = None,
         sink: ClientStats | None = None,
         namespaces: Iterable[str] | None = None,
+        results: Mapping[str, WrapResult] | None = None,
     ) -> None:
+        rules = dict(results) if isinstance(results, Mapping) else {}
+        if results is not None and not isinstance(results, Mapping) or not all(
+            isinstance(key, str) and isinstance(rule, WrapResult) for key, rule in rules.items()
+        ):
+            raise TypeError(f"results must be a mapping of call names to WrapResult, got {results!r}")
         if sink is None:
             sink = ClientStats(name if name is not None else type(client).__name__)
-        self._sp_init(client, sink, "", None if namespaces is None else frozenset(namespaces))
+        self._sp_init(client, sink, "", None if namespaces is None else frozenset(namespaces), rules)
 
     def stats(self) -> dict[str, Any]:
         """Return the statistics of the sink (see :meth:`ClientStats.stats`); shared sinks report all wrappers."""
@@ -600,8 +714,12 @@ class MonitoredClient(_Proxy):
         return f"<MonitoredClient {self._sp_monitor.name!r} of {self._sp_target!r}>"
 
 
+# The proxies' own attribute names: never looked up on, nor assigned to, the wrapped object.
+_INTERNAL = frozenset(name for cls in (_Proxy, _Result) for name in cls.__slots__ if name.startswith("_sp_"))
+
+
 def unwrap(obj: Any) -> Any:
-    """Return the object behind any number of :class:`MonitoredClient` / namespace proxies.
+    """Return the object behind any number of :class:`MonitoredClient`, namespace and result proxies.
 
     This is the documented way to type-check: ``isinstance(unwrap(client), psycopg.Connection)``.
 
@@ -611,7 +729,7 @@ def unwrap(obj: Any) -> Any:
     Returns:
         The innermost wrapped object.
     """
-    while type(obj) in (MonitoredClient, _Namespace):  # type(), not isinstance(): __class__ is spoofed
+    while issubclass(type(obj), _Proxy):  # type(), not obj.__class__, which is spoofed
         obj = object.__getattribute__(obj, "_sp_target")
     return obj
 
@@ -620,7 +738,7 @@ def monitor_of(obj: Any) -> ClientStats:
     """Return the :class:`ClientStats` behind a monitored client, function, class or instance of such a class.
 
     Args:
-        obj: A :class:`MonitoredClient`, a namespace proxy, or something decorated with :func:`monitored`.
+        obj: A :class:`MonitoredClient`, a namespace or result proxy, or something decorated with :func:`monitored`.
 
     Returns:
         The statistics object.
