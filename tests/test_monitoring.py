@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 from typing import Any
 
@@ -304,10 +305,12 @@ def test_replacing_a_method_through_the_proxy_drops_the_cache() -> None:
 
 
 def test_method_wrappers_are_cached_and_keep_metadata() -> None:
-    client = MonitoredClient(FakeClient())
+    raw = FakeClient()
+    client = MonitoredClient(raw)
     assert client.get is client.get
-    assert client.get.__name__ == "get"
-    assert client.get.__wrapped__ == unwrap(client).get
+    assert client.get.__name__ == "get" and client.get.__qualname__ == "FakeClient.get"
+    assert inspect.signature(client.get) == inspect.signature(raw.get)
+    assert client.get.__self__ is raw  # called on the client itself, never on the proxy
 
 
 def test_classes_on_the_client_are_not_wrapped() -> None:

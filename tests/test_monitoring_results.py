@@ -385,3 +385,73 @@ def test_wrap_result_validates_its_options() -> None:
 def test_results_must_map_names_to_wrap_results(results: Any) -> None:
     with pytest.raises(TypeError, match="results"):
         MonitoredClient(Connection(), results=results)
+
+
+class SlottedCursor:
+    """A cursor whose instances have no ``__dict__``, like psycopg's."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def __enter__(self) -> SlottedCursor:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        return None
+
+    def execute(self, query: str) -> None:
+        self.rows = [1, 2]
+
+    def fetchone(self) -> int | None:
+        return self.rows.pop(0) if self.rows else None
+
+
+class SlottedConnection:
+    def cursor(self) -> SlottedCursor:
+        return SlottedCursor()
+
+
+def test_slot_only_results_record_every_cursor_exactly_under_threads() -> None:
+    conn = MonitoredClient(SlottedConnection(), results={"cursor": WrapResult(methods=("execute",))})
+    barrier = threading.Barrier(8)
+
+    def work() -> None:
+        barrier.wait()
+        for _ in range(500):
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                assert cur.fetchone() == 1 and cur.fetchone() == 2 and cur.fetchone() is None
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stats = methods(conn)
+    assert stats["cursor.execute"]["operations"] == stats["cursor"]["operations"] == 4000
+    assert "cursor.fetchone" not in stats
+    cur = conn.cursor()
+    assert isinstance(cur, SlottedCursor) and type(unwrap(cur)) is SlottedCursor
+    assert cur.execute.__name__ == "execute"
+
+
+def test_clients_with_different_rules_on_one_result_class_stay_apart() -> None:
+    executes = MonitoredClient(SlottedConnection(), results={"cursor": WrapResult(methods=("execute",))})
+    fetches = MonitoredClient(SlottedConnection(), results={"cursor": WrapResult(methods=("fetchone",))})
+    for _ in range(3):
+        for client in (executes, fetches):
+            cur = client.cursor()
+            cur.execute("SELECT 1")
+            cur.fetchone()
+    assert set(methods(executes)) == {"cursor", "cursor.execute"}
+    assert set(methods(fetches)) == {"cursor", "cursor.fetchone"}
+    assert methods(executes)["cursor.execute"]["operations"] == methods(fetches)["cursor.fetchone"]["operations"] == 3
+
+
+def test_a_call_measured_as_nothing_records_only_the_calls_on_its_result() -> None:
+    conn, _ = monitored_connection(cursor=WrapResult(methods=("execute",), measure=None))
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    assert set(methods(conn)) == {"cursor.execute"}
