@@ -19,6 +19,9 @@ that machine noise hits all alike):
   ``SYNCPOOL_BENCH_POSTGRES_DSN`` if set;
 * ``cursor SELECT 1``: the same query as ``with conn.cursor() as cur: cur.execute(...); cur.fetchone()``.
 
+The real workloads run on the same connections bare and monitored (one per thread), since the round trip of one
+connection can differ from another's by more than the monitor's cost on a busy machine.
+
 With N threads every thread runs its own loop at the same time, and a figure is wall time divided by the total
 number of calls (the throughput cost under the GIL). The added cost of a workload is monitored minus bare in the
 same round; the table shows medians over the rounds and, for the added cost, the range between the rounds' first
@@ -140,23 +143,20 @@ class Workloads:
 
     def __init__(self, dsn: str, threads: int, args: argparse.Namespace) -> None:
         monitor_options = PostgresConnector().monitor_options()
-        self.connections: list[Any] = []
         self.sinks: dict[str, ClientStats] = {}
         self.calls: dict[str, int] = {}
         self.jobs: dict[tuple[str, bool], list[Job]] = {}
+        # The real workloads, bare and monitored, run on the same connections (one per thread, never two runs at
+        # once): a connection's round trip can differ from another's by more than the monitor's cost.
+        self.connections = [psycopg.connect(dsn, autocommit=True) for _ in range(threads)]
         for name, (loop, fake, _) in WORKLOADS.items():
             calls = self.calls[name] = args.calls if fake is not None else args.queries
             sink = self.sinks[name] = ClientStats(name)
-            for monitored in (False, True):
-                clients = []
-                for _ in range(threads):
-                    if fake is not None:
-                        client = fake()
-                    else:
-                        client = psycopg.connect(dsn, autocommit=True)
-                        self.connections.append(client)
-                    clients.append(MonitoredClient(client, sink=sink, **monitor_options) if monitored else client)
-                self.jobs[(name, monitored)] = [_bind(loop, client, calls) for client in clients]
+            clients = [fake() for _ in range(threads)] if fake is not None else self.connections
+            self.jobs[(name, False)] = [_bind(loop, client, calls) for client in clients]
+            self.jobs[(name, True)] = [
+                _bind(loop, MonitoredClient(client, sink=sink, **monitor_options), calls) for client in clients
+            ]
 
     def close(self) -> None:
         for conn in self.connections:

@@ -26,8 +26,11 @@ Hazards, and why each is harmless:
   recent rate may move a call by a slot; the totals stay exact.
 * ``os.fork()`` copies the forking thread only: a lock that another thread held stays held forever in the child.
   Each :class:`ClientStats` registers with :mod:`syncpool.forking` and, in a child, replaces its own lock and those
-  of its recorders and their histograms. The child starts from the parent's figures, less the calls that a fold
-  was moving at that instant.
+  of its recorders and their histograms. The child starts from the parent's figures; where a fold was under way
+  at that instant, the calls it was moving may be lost or half counted (in the latency sums, in the recent rate),
+  while the operation count stays the latency count, by construction.
+* Call wrappers hold the bound ``append`` of their recorder's list, so :meth:`ClientStats.reset` empties the lists
+  in place and never replaces them.
 * Statistics hold exception class names, never messages (which may quote a query, a key or a password).
 """
 
@@ -56,15 +59,14 @@ class _MethodStats:
     """
 
     __slots__ = (
-        "pending", "rollover", "clock", "_slot", "_lock", "_histogram", "_operations", "_errors", "_window", "_keep",
+        "pending", "rollover", "clock", "_slot", "_lock", "_histogram", "_errors", "_window", "_keep",
     )  # fmt: skip
 
     def __init__(self, clock: Callable[[], float], window: int) -> None:
         self.clock = clock
         self.pending: list[float] = []
         self._lock = threading.Lock()
-        self._histogram = Histogram()
-        self._operations = 0
+        self._histogram = Histogram()  # every operation, failed ones included: its count is the operation count
         self._errors: dict[str, int] = {}
         self._window: dict[int, int] = {}  # whole second -> calls that ended in it
         self._keep = window + 1
@@ -72,7 +74,6 @@ class _MethodStats:
         self.rollover = (self._slot + 1) / _SLOTS_PER_SECOND
 
     def _count_locked(self, second: int, calls: int) -> None:
-        self._operations += calls
         self._window[second] = self._window.get(second, 0) + calls
 
     def _fold_locked(self) -> None:
@@ -101,7 +102,11 @@ class _MethodStats:
         self._count_locked(math.floor(end), 1)
 
     def record(self, start: float, end: float) -> None:
-        """Record a successful operation that ran from ``start`` to ``end`` (clock readings)."""
+        """Record a successful operation that ran from ``start`` to ``end`` (clock readings).
+
+        ``syncpool.monitoring`` inlines the first branch in its call wrapper, holding the bound ``append`` of
+        ``pending``: so :meth:`reset` empties the list in place and never replaces it.
+        """
         if end < self.rollover:
             self.pending.append(end - start)
         else:
@@ -116,19 +121,18 @@ class _MethodStats:
             self._record_locked(end, end - start)
             self._errors[key] = self._errors.get(key, 0) + 1
 
-    def collect(self, now_second: int, window: int) -> tuple[int, Histogram, dict[str, int], int]:
-        """Fold and return (operations, latency copy, errors by type, calls in the recent window)."""
+    def collect(self, now_second: int, window: int) -> tuple[Histogram, dict[str, int], int]:
+        """Fold and return (latency copy, errors by type, calls in the recent window)."""
         with self._lock:
             self._fold_locked()
             recent = sum(n for second, n in self._window.items() if second > now_second - window)
-            return self._operations, self._histogram.copy(), dict(self._errors), recent
+            return self._histogram.copy(), dict(self._errors), recent
 
     def reset(self) -> None:
         """Forget everything recorded so far."""
         with self._lock:
-            del self.pending[:]
+            del self.pending[:]  # in place: call wrappers hold its bound append
             self._histogram = Histogram()
-            self._operations = 0
             self._errors = {}
             self._window = {}
 
@@ -221,7 +225,8 @@ class ClientStats:
         errors = recent_total = operations_total = 0
         methods: dict[str, Any] = {}
         for method, recorder in recorders:
-            operations, latency, method_errors, recent = recorder.collect(now_second, self.window)
+            latency, method_errors, recent = recorder.collect(now_second, self.window)
+            operations = latency.count
             count = sum(method_errors.values())
             operations_total += operations
             methods[method] = _summary(operations, count, recent, uptime, self.window)
@@ -248,7 +253,7 @@ class ClientStats:
         with self._lock:
             recorders = sorted(self._methods.items())
         now_second = math.floor(self._clock())
-        return {method: recorder.collect(now_second, self.window)[1] for method, recorder in recorders}
+        return {method: recorder.collect(now_second, self.window)[0] for method, recorder in recorders}
 
     def reset(self) -> None:
         """Zero every counter and restart the rate clocks; calls in flight may land on either side."""

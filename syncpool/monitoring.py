@@ -126,9 +126,12 @@ class WrapResult:
 
 
 def _make_call(method: Callable[..., Any], recorder: _MethodStats) -> Callable[..., Any]:
-    """Return a function that calls ``method`` and records the call into ``recorder`` (the hot path)."""
+    """Return a function that calls ``method`` and records the call into ``recorder``.
+
+    The hot path: ``recorder.record(start, end)`` is inlined (a tenth of the added cost of a call).
+    """
     clock = recorder.clock
-    record = recorder.record
+    append = recorder.pending.append
 
     def call(*args: Any, **kwargs: Any) -> Any:
         start = clock()
@@ -137,7 +140,11 @@ def _make_call(method: Callable[..., Any], recorder: _MethodStats) -> Callable[.
         except BaseException as error:
             recorder.record_error(start, error)
             raise
-        record(start, clock())
+        end = clock()
+        if end < recorder.rollover:
+            append(end - start)
+        else:
+            recorder.record(start, end)
         return result
 
     return _as_wrapper_of(call, method)

@@ -40,7 +40,8 @@ class Client:
 
 
 def _child(client: Any) -> int:
-    """What each child does; its exit status (0: the statistics worked)."""
+    """What each child does; its exit status (0: the statistics work, and count the child's own calls exactly)."""
+    before = client.stats()["methods"]
     client.get(1)
     try:
         client.fail()
@@ -48,8 +49,12 @@ def _child(client: Any) -> int:
         pass
     client.cursor().execute("SELECT 1")
     stats = client.stats()
-    methods = stats["methods"]
-    ok = methods["fail"]["errors"] >= 1 and methods["cursor.execute"]["operations"] >= 1
+    after = stats["methods"]
+
+    def added(method: str, key: str = "operations") -> int:
+        return int(after[method][key] - before.get(method, {}).get(key, 0))
+
+    ok = added("get") == added("fail") == added("fail", "errors") == added("cursor.execute") == 1
     return 0 if ok and stats["latency"]["count"] == stats["operations"] else 3
 
 
