@@ -9,14 +9,15 @@ share one bucket and values above ``MAX_VALUE`` (2**20 s, about 12 days) another
 most 50 * 64 + 2 = 3,202 buckets, stored sparsely in a dict (a latency range of 1 ms to 1 s needs
 about 640). ``count``, ``sum``, ``min`` and ``max`` are exact, and percentiles are clamped to ``[min, max]``.
 
-Because the index is a bit field, a batch of values can be bucketed in C (byte slicing and
-``collections.Counter``) without one Python-level operation per value: see :meth:`Histogram.add_many`.
+Because the index is a bit field, a batch of values is bucketed without one Python-level operation per value:
+the doubles are reinterpreted as 64-bit integers (``array``), shifted by ``map`` and counted by
+``collections.Counter``, all in C; see :meth:`Histogram.add_many`.
 """
 
 from __future__ import annotations
 
 import math
-import sys
+import struct
 import threading
 from array import array
 from collections import Counter
@@ -35,12 +36,11 @@ MIN_VALUE = 2.0**-30
 MAX_VALUE = 2.0**20
 
 _SHIFT = 46  # 52 mantissa bits - 6 kept
-_OFFSET = 1022  # frexp exponent -> biased IEEE exponent - 1
 MIN_INDEX = (-30 + 1023) << 6
 MAX_INDEX = (20 + 1023) << 6  # the overflow bucket [MAX_VALUE, inf)
 _UNDERFLOW = MIN_INDEX - 1  # the bucket [0, MIN_VALUE)
-_LITTLE_ENDIAN = sys.byteorder == "little" and array("d").itemsize == 8 and array("I").itemsize == 4
-_KEEP_TOP_2_BITS = bytes(b & 0xC0 for b in range(256))
+_DOUBLE = struct.Struct("=d")
+_INT64 = struct.Struct("=q")  # same byte order as _DOUBLE: the pair reinterprets a double's bits
 
 DEFAULT_BOUNDS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005,
@@ -55,14 +55,18 @@ DEFAULT_BOUNDS: tuple[float, ...] = (
 _QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 
 
-def _index(seconds: float) -> int:
-    """Bucket index of a value ``>= 0`` (finite)."""
-    if seconds < MIN_VALUE:
+def _clamp(key: int) -> int:
+    """The bucket of a bit-field key: keys below ``MIN_VALUE`` or at or above ``MAX_VALUE`` share one bucket each."""
+    if key < MIN_INDEX:
         return _UNDERFLOW
-    if seconds >= MAX_VALUE:
+    if key > MAX_INDEX:
         return MAX_INDEX
-    mantissa, exponent = math.frexp(seconds)  # seconds = mantissa * 2**exponent, 0.5 <= mantissa < 1
-    return ((exponent + _OFFSET) << 6) | (int(mantissa * 128.0) - 64)
+    return key
+
+
+def _index(seconds: float) -> int:
+    """Bucket index of a value ``>= 0``: its exponent and top 6 mantissa bits (the sign bit is 0), clamped."""
+    return _clamp(_INT64.unpack(_DOUBLE.pack(seconds))[0] >> _SHIFT)
 
 
 def _edges(index: int) -> tuple[float, float]:
@@ -95,7 +99,7 @@ class Histogram:
     Two ways to write:
 
     * :meth:`record` takes the histogram's own lock: safe from any thread.
-    * :meth:`add` takes no lock (a few hundred ns: one ``math.frexp``, one dict update): for a caller that
+    * :meth:`add` takes no lock (one bit-field read, one dict update): for a caller that
       serialises writes itself, such as a pool recording lease wait times under its own lock.
 
     :meth:`snapshot` and :meth:`buckets` may be called from any thread, even while another thread calls
@@ -126,13 +130,9 @@ class Histogram:
         Raises:
             ValueError: If ``seconds`` is negative or NaN.
         """
-        if MIN_VALUE <= seconds < MAX_VALUE:
-            mantissa, exponent = math.frexp(seconds)
-            index = ((exponent + _OFFSET) << 6) | (int(mantissa * 128.0) - 64)
-        elif 0.0 <= seconds < math.inf:
-            index = _UNDERFLOW if seconds < MIN_VALUE else MAX_INDEX
-        else:
+        if not 0.0 <= seconds < math.inf:
             raise ValueError(f"a histogram value must be a finite duration >= 0, got {seconds!r}")
+        index = _index(seconds)
         counts = self._counts
         counts[index] = counts.get(index, 0) + 1
         self._count += 1
@@ -155,61 +155,26 @@ class Histogram:
             self.add(seconds)
 
     def add_many(self, values: Sequence[float]) -> None:
-        """Record many non-negative values at once without locking (the batch path of the client monitor).
+        """Record many values at once without locking (how the client monitor and the pool fold their batches).
 
-        Bucketing runs in C: the values are packed as doubles, the bytes holding the exponent and the top
-        mantissa bits are sliced out into 32-bit keys, and ``collections.Counter`` counts them; Python code
-        then runs once per distinct bucket, not per value. Values are not validated: the caller guarantees
-        finite values ``>= 0``.
+        The values are not validated: the caller guarantees finite durations ``>= 0`` (two clock readings
+        subtracted). Bucketing runs in C: the doubles' bits are read as 64-bit integers, shifted and counted by
+        ``collections.Counter``; Python code runs once per distinct bucket, not per value.
 
         Args:
             values: Durations in seconds.
         """
         if not values:
             return
+        keys = array("q", array("d", values).tobytes())
         buckets: dict[int, int] = {}
-        if _LITTLE_ENDIAN:
-            packed = array("d", values).tobytes()
-            keys = bytearray(4 * len(values))
-            keys[1::4] = packed[5::8].translate(_KEEP_TOP_2_BITS)
-            keys[2::4] = packed[6::8]
-            keys[3::4] = packed[7::8]
-            keys_array = array("I")
-            keys_array.frombytes(keys)  # iterating an array is cheaper than iterating a memoryview cast
-            for key, n in Counter(keys_array).items():
-                index = key >> 14
-                if index < MIN_INDEX:
-                    index = _UNDERFLOW
-                elif index > MAX_INDEX:
-                    index = MAX_INDEX
-                buckets[index] = buckets.get(index, 0) + n  # clamping can map several keys to one bucket
-        else:  # pragma: no cover - big-endian platforms
-            buckets = dict(Counter(map(_index, values)))
-        self.add_counts(buckets, len(values), sum(values), min(values), max(values))
+        for key, n in Counter(map(_SHIFT.__rrshift__, keys)).items():
+            index = _clamp(key)
+            buckets[index] = buckets.get(index, 0) + n  # clamping maps many keys to the two edge buckets
+        self._add_counts(buckets, len(values), sum(values), min(values), max(values))
 
-    def add_accumulated(self, accumulator: Any) -> int:
-        """Fold in and empty the counts of a C accelerator ``Accumulator`` (``syncpool._speedups``); return how many.
-
-        Without locking, like :meth:`add_many`. The drain is one C call, atomic with respect to calls adding to the
-        accumulator under the GIL.
-        """
-        drained = accumulator.drain()
-        if drained is None:
-            return 0
-        count, total, low, high, buckets = drained
-        self.add_counts(buckets, count, total, low, high)
-        return count  # type: ignore[no-any-return]
-
-    def add_counts(self, buckets: dict[int, int], count: int, total: float, low: float, high: float) -> None:
-        """Record values already bucketed elsewhere, without locking (the fold of the C accelerator's counts).
-
-        Args:
-            buckets: Bucket index (as :meth:`add` computes it) -> number of values.
-            count: Number of values, the sum of ``buckets``' counts.
-            total: Their exact sum.
-            low: The smallest of them.
-            high: The largest of them.
-        """
+    def _add_counts(self, buckets: dict[int, int], count: int, total: float, low: float, high: float) -> None:
+        # Values already bucketed (by add_many, or copied from another histogram by merge); no lock.
         counts = self._counts
         for index, n in buckets.items():
             counts[index] = counts.get(index, 0) + n
@@ -248,7 +213,7 @@ class Histogram:
             other._state()
         )  # copy first: never hold both locks (no lock-order deadlock)
         with self._lock:
-            self.add_counts(counts, sum(counts.values()), total, low, high)
+            self._add_counts(counts, sum(counts.values()), total, low, high)
 
     def reset(self) -> None:
         """Forget every recorded value; thread-safe with respect to :meth:`record`."""
@@ -258,6 +223,14 @@ class Histogram:
             self._sum = 0.0
             self._min = math.inf
             self._max = 0.0
+
+    def _after_fork_in_child(self) -> None:
+        """Replace the lock, which a thread of the parent may have held at the fork (called by the histogram's owner).
+
+        Histograms do not register with :mod:`syncpool.forking` themselves: their owners (a pool, a
+        :class:`~syncpool.monitoring.ClientStats`) know which ones outlive the fork and call this for them.
+        """
+        self._lock = threading.Lock()
 
     @property
     def count(self) -> int:

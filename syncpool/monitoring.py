@@ -1,420 +1,282 @@
-"""Count, time and classify the calls made on any blocking client.
+"""Count, time and classify the calls made on any blocking client, and on what its calls return.
 
 :class:`MonitoredClient` wraps an object (a boto3 client, a psycopg connection, an ``Elasticsearch``
 instance, ...) and behaves like it, while every public method call is counted, timed and, when it raises,
 classified by exception type; the exception itself reaches the caller unchanged. Statistics live in a
-:class:`ClientStats`, which many wrappers may share: a pool created with ``monitor=True`` owns one and
-wraps every member with ``MonitoredClient(raw, name=pool.name, sink=pool_stats)``, so the pool reports
+:class:`~syncpool.clientstats.ClientStats` (how a call is recorded without a lock is told there), which many
+wrappers may share: a pool created with ``monitor=True`` owns one and wraps every member with
+``MonitoredClient(raw, name=pool.name, sink=pool.client_stats, **connector.monitor_options())``, so the pool reports
 its members' calls aggregated.
-
-The call path takes no lock
----------------------------
-A monitored call costs two ``perf_counter()`` reads, one float subtraction, one ``list.append`` onto the
-method's pending list and one float comparison. ``list.append`` is atomic (under the GIL, and under the
-per-object lock of free-threaded builds), so counts stay exact under any number of threads without a lock.
-The pending durations are folded into the method's :class:`~syncpool.histogram.Histogram` (in C, via
-``map``) under a per-method lock by the first call that ends in a new 50 ms slot, by a failing call, and by
-:meth:`ClientStats.stats`. So the pending list holds at most one slot's worth of calls (bounded memory), and
-every pending call is known to have ended in the current slot, which gives the per-second counts behind the
-recent rate (``ops_per_sec_recent``, last 60 s by default) without storing a timestamp per call.
-
-The C accelerator
------------------
-``syncpool._speedups`` is a small optional C extension, built at install time wherever a C compiler is at hand
-(and skipped with a warning where none is). For exact-mode recorders on the default clock it replaces the
-Python wrapper above with a ``TimedCall`` that forwards its arguments by vectorcall (no tuple or dict is
-built), reads the same ``perf_counter`` clock, and adds the duration straight into per-bucket counters that use
-the histogram's own bucket layout, so a fold merges counts instead of bucketing values. Calls that end past
-``rollover`` or raise go to the same ``record_late`` / ``record_error`` as in Python. It is not used on
-free-threaded builds (it relies on the GIL) or when ``SYNCPOOL_NO_SPEEDUPS`` is set.
-
-Cost (``benchmarks/bench_monitor.py``, CPython 3.11, 2 cores): with the accelerator a monitored call adds
-about 90-130 ns, 1.4 to 1.5 uncontended lock acquire+release pairs, at 1 and at 8 threads. The pure-Python path adds
-about 400-550 ns, 6 pairs (the wrapper frame with ``*args, **kwargs`` about 1, two clock reads about 1, append
-and compare about 0.5, amortised bucketing about 2). There, ``ClientStats(latency_sample=8)`` times one call
-in eight and only counts the others, for 3.5 to 5 pairs; counts, errors and rates stay exact, latency becomes
-a sample.
 
 Wrapping rules
 --------------
 * Public callables (names not starting with ``_``, classes excluded) are wrapped on first access, and the
-  wrapper is cached on the proxy, so later lookups are plain instance-dict hits. A cached wrapper keeps
-  calling the bound method it was created for: replace methods through the proxy (which drops the cache
-  entry), not on the wrapped object behind its back.
+  wrapper is cached on the proxy, so later lookups are plain instance-dict hits.
 * Nested API namespaces return a nested proxy whose calls are recorded as ``"namespace.method"``
   (``es.indices.create`` -> ``indices.create``). A non-callable attribute is a namespace when its name is
   listed in ``namespaces=``, or, by default (``namespaces=None``), when its class name ends in ``Client``
   (the elasticsearch-py ``NamespacedClient`` convention; ``s3.meta`` stays a plain attribute).
+* Values returned by calls are returned as they are, except for the calls named in ``results=``: their result is
+  wrapped too, because it is what does the work (a cursor, a paginator's pages, a ``COPY``), and a
+  :class:`WrapResult` says what to record on it. ``with conn.cursor() as cur: cur.execute(...)`` is then recorded
+  as ``cursor`` and ``cursor.execute``. A pool takes these rules from ``Connector.monitor_options()``; the
+  PostgreSQL and S3 connectors set them (``docs/monitoring.md`` lists the names they record).
 * Everything else (data attributes, ``_private`` names, classes such as ``s3.exceptions.NoSuchKey``) passes
-  through untouched; attribute assignment and deletion go to the wrapped object; values returned by calls
-  (a cursor, a paginator) are not wrapped.
+  through untouched; attribute assignment and deletion go to the wrapped object.
 * ``with MonitoredClient(x) as c`` enters ``x`` if it is a context manager and gives back the wrapper
   (or whatever ``x.__enter__`` returned, if that is not ``x`` itself); it also works if ``x`` is not one.
 * ``stats``, ``reset``, ``monitor``, ``wrapped`` and ``__wrapped__`` are the wrapper's own names; reach a
   wrapped attribute of the same name through ``client.wrapped``.
 
+Design and hazards
+------------------
+A wrapper is made once per method, not once per proxy: the proxies made at one place (a client, a namespace, the
+results of one followed call) share a scope that keeps one wrapper per class function, and a proxy binds it to its
+own target. So the proxy of each new cursor costs an object and, on first use of a method, one ``__getattr__``;
+where the result's instances have no ``__dict__`` (psycopg's cursors), no instance can differ from its class, and
+its methods, recording or not, are put on a proxy class made for that class, which saves even that. The hazards:
+
+* A cached wrapper keeps calling the method it was made for: replace methods through the proxy (which drops the
+  cache entry), not on the wrapped object behind its back.
+* The proxies hold no lock and no thread: after ``os.fork()`` they work as they did, and their statistics are made
+  safe by :class:`~syncpool.clientstats.ClientStats`.
+* A ``"block"`` result remembers when it was entered, so it is entered once at a time, like what it wraps; an
+  ``"iteration"`` result that is left early closes the iterator it was reading, so that a generator doing I/O
+  cleans up at once rather than at garbage collection.
+* Results are referenced by nothing but the caller: a proxy never keeps its target alive longer than the caller
+  keeps the proxy.
+
 isinstance
 ----------
 The documented way is :func:`unwrap` (or the ``wrapped`` attribute): ``isinstance(unwrap(c), Cls)``.
 In addition the proxies report the wrapped object's class through ``__class__`` (the ``wrapt`` /
-``unittest.mock`` technique), so ``isinstance(c, type(raw))`` is also true for code you do not control;
-``type(c)`` still tells the truth (:class:`MonitoredClient`) and ``isinstance(c, MonitoredClient)`` holds.
+``unittest.mock`` technique), so ``isinstance(c, type(raw))`` is also true for code you do not control
+(``elasticsearch.helpers.bulk(c, ...)``, a cursor passed to a library); ``type(c)`` still tells the truth
+(:class:`MonitoredClient`) and ``isinstance(c, MonitoredClient)`` holds.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import math
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MethodType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._accel import speedups as _speedups
-from .histogram import Histogram
+from .clientstats import ClientStats
 
-__all__ = ["ClientStats", "MonitoredClient", "monitor_of", "monitored", "unwrap"]
+if TYPE_CHECKING:
+    from .clientstats import _MethodStats
 
-_SLOTS_PER_SECOND = 20  # 50 ms fold slots
+__all__ = ["ClientStats", "MonitoredClient", "WrapResult", "monitor_of", "monitored", "unwrap"]
+
 _MONITOR_ATTRIBUTE = "__syncpool_monitor__"
+_MEASURES = ("call", "iteration", "block", None)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _MethodStats:
-    """Counters of one method name inside a :class:`ClientStats` (internal).
+@dataclass(frozen=True, kw_only=True)
+class WrapResult:
+    """How a :class:`MonitoredClient` monitors what one of its calls returns (the values of ``results=``).
 
-    Invariant: every entry in ``pending`` (and ``calls``) belongs to a call that ended before ``rollover``,
-    i.e. inside the slot ``_slot`` (modulo a thread preempted between its clock read and its append, which
-    can only push a call into a later slot; with sampling, up to ``sample_every - 1`` untimed calls made
-    after the last timed one may be attributed to its slot).
+    The result is wrapped in a proxy that behaves like it (``isinstance`` and :func:`unwrap` work as on the
+    client itself) and records the calls named by ``methods``; if the result, used as a context manager, enters as
+    itself, the proxy enters as itself too, so that the calls inside ``with conn.cursor() as cur:`` are recorded.
+    ``measure`` says what one operation under the call's own name is:
 
-    Exact mode (``sample_every == 1``): ``pending`` holds the duration of every successful call not yet
-    folded, and counts come from it. Sampled mode: every successful call appends ``None`` to ``calls`` (the
-    exact count), and only every ``sample_every``-th call is timed into ``pending``; a fold counts every
-    entry of ``calls`` but deletes whole periods only, and ``_carried`` says how many of the entries left
-    (fewer than ``sample_every``) are already counted.
-    """
-
-    __slots__ = (
-        "pending",
-        "calls",
-        "rollover",
-        "clock",
-        "sample_every",
-        "_slot",
-        "_lock",
-        "_histogram",
-        "_operations",
-        "_carried",
-        "_errors",
-        "_window",
-        "_keep",
-        "accumulator",
-    )
-
-    def __init__(self, clock: Callable[[], float], window: int, sample_every: int = 1) -> None:
-        self.clock = clock
-        self.sample_every = sample_every
-        self.pending: list[float] = []
-        self.calls: list[None] = []
-        self._lock = threading.Lock()
-        self._histogram = Histogram()
-        self._operations = 0
-        self._carried = 0
-        self._errors: dict[str, int] = {}
-        self._window: dict[int, int] = {}  # whole second -> calls that ended in it
-        self._keep = window + 1
-        self._slot = math.floor(clock() * _SLOTS_PER_SECOND)
-        self.rollover = (self._slot + 1) / _SLOTS_PER_SECOND
-        # The C accelerator times exact-mode calls on its own clock: only when that is the clock asked for.
-        self.accumulator: Any = None
-        if _speedups is not None and sample_every == 1 and clock is time.perf_counter:
-            self.accumulator = _speedups.Accumulator(self.rollover)
-
-    def _fold_locked(self) -> None:
-        # Appends that race with us land after the copied prefix; only lock holders delete.
-        pending = self.pending
-        batch = pending[:]
-        if batch:
-            del pending[: len(batch)]
-            self._histogram.add_many(batch)
-        if self.sample_every == 1:
-            folded = len(batch)
-            if self.accumulator is not None:
-                folded += self._histogram.add_accumulated(self.accumulator)
-        else:
-            # Count every call, but delete whole periods only: the wrappers time a call when len(calls) is a
-            # multiple of sample_every, so the counted remainder stays to keep that phase across folds.
-            calls = self.calls
-            length = len(calls)
-            folded = length - self._carried
-            self._carried = length & (self.sample_every - 1)
-            del calls[: length - self._carried]
-        if folded:
-            self._operations += folded
-            second = self._slot // _SLOTS_PER_SECOND
-            self._window[second] = self._window.get(second, 0) + folded
-
-    def _add_locked(self, end: float, elapsed: float | None, counted: bool) -> None:
-        # Decides which slot is current; pending calls belong to the old one, so fold them first.
-        self._fold_locked()
-        slot = math.floor(end * _SLOTS_PER_SECOND)
-        if slot > self._slot:
-            old_second = self._slot // _SLOTS_PER_SECOND
-            self._slot = slot
-            self.rollover = (slot + 1) / _SLOTS_PER_SECOND
-            if self.accumulator is not None:
-                self.accumulator.rollover = self.rollover
-            second = slot // _SLOTS_PER_SECOND
-            if second != old_second:
-                oldest = second - self._keep
-                for stale in [s for s in self._window if s < oldest]:
-                    del self._window[stale]
-        if elapsed is not None:
-            self._histogram.add(elapsed if elapsed > 0.0 else 0.0)
-        if not counted:
-            self._operations += 1
-            second = math.floor(end)
-            self._window[second] = self._window.get(second, 0) + 1
-
-    def record_late(self, end: float, elapsed: float) -> None:
-        """Record a successful timed call that ended at or after ``rollover`` (about once per 50 ms)."""
-        with self._lock:
-            # In sampled mode the call already appended itself to ``calls``.
-            self._add_locked(end, elapsed, counted=self.sample_every != 1)
-
-    def record_error(self, start: float | None, error: BaseException) -> None:
-        """Record a call that raised ``error`` (``start`` is None for an untimed call in sampled mode)."""
-        end = self.clock()
-        with self._lock:
-            self._add_locked(end, None if start is None else end - start, counted=False)
-            key = type(error).__name__
-            self._errors[key] = self._errors.get(key, 0) + 1
-
-    def collect(self, now_second: int, window: int) -> tuple[int, Histogram, dict[str, int], int]:
-        """Fold and return (operations, latency copy, errors by type, calls in the recent window)."""
-        with self._lock:
-            self._fold_locked()
-            recent = sum(n for second, n in self._window.items() if second > now_second - window)
-            return self._operations, self._histogram.copy(), dict(self._errors), recent
-
-    def reset(self) -> None:
-        """Forget everything recorded so far."""
-        with self._lock:
-            del self.pending[:]  # in place: call wrappers hold these lists' bound append
-            del self.calls[:]
-            if self.accumulator is not None:
-                self.accumulator.drain()
-            self._histogram = Histogram()
-            self._operations = 0
-            self._carried = 0
-            self._errors = {}
-            self._window = {}
-
-
-def _summary(operations: int, errors: int, recent: int, uptime: float, window: int) -> dict[str, Any]:
-    return {
-        "operations": operations,
-        "errors": errors,
-        "ops_per_sec": operations / uptime if uptime > 0 else 0.0,
-        "error_rate": errors / operations if operations else 0.0,
-        "ops_per_sec_recent": recent / min(float(window), uptime) if uptime > 0 else 0.0,
-    }
-
-
-class ClientStats:
-    """Call statistics shared by any number of :class:`MonitoredClient` wrappers.
-
-    A pool with ``monitor=True`` owns one and passes it as ``sink=`` to the wrapper of every member, so its
-    :meth:`stats` aggregate the calls of all members, past and present. Recording is lock-free (see the module
-    docstring); :meth:`stats` folds each method's pending calls under that method's lock and builds the
-    result from one pass, so within a method ``errors <= operations`` and (unless sampling) the latency count
-    equals ``operations``.
+    * ``"call"``: the call itself, recorded as any other.
+    * ``None``: nothing; the call only makes an object that does the work (``conn.cursor()``, whose ``execute``
+      is recorded as ``cursor.execute``), so only the calls on the result are recorded.
+    * ``"iteration"``: while iterating over the result (the pages of a boto3 paginator's ``paginate()``). Each
+      item fetched is one operation under the call's name, timed from the request for it to its arrival; the
+      call itself, which only prepares, is not recorded.
+    * ``"block"``: in the ``with`` block of the result (psycopg's ``cur.copy()``). The block, from ``__enter__``
+      to ``__exit__``, is one operation under the call's name, failed if it raised; the call itself is not
+      recorded, and ``__enter__`` returns what the result's own ``__enter__`` returns.
 
     Args:
-        name: Reported as ``name`` in :meth:`stats` (a pool name, ``"s3"``...). Never put a secret in it.
-        window: Length in whole seconds of the recent-rate window (``ops_per_sec_recent``). Defaults to 60.
-        latency_sample: Time one call in this many (a power of two). Defaults to 1: every call is timed and
-            the latency percentiles are within :data:`~syncpool.histogram.RELATIVE_ERROR` of the truth. With
-            8, the added cost per call roughly halves; counts and errors stay exact, failed calls are always
-            counted, latency becomes a 1-in-8 sample (``max`` and percentiles are then estimates), and the
-            recent rate may shift up to ``latency_sample - 1`` calls by a 50 ms slot.
-        clock: Monotonic clock in seconds, injectable for tests. Defaults to ``time.perf_counter``.
+        methods: Names of the result's methods to record, each as ``prefix + name``. ``None`` records every
+            public method, ``()`` none. A call that has a rule of its own in ``results`` is always monitored by
+            that rule. Defaults to ``None``.
+        prefix: Put before the names of the calls made on the result, to record them and to find their own
+            rules in ``results``. Defaults to the call's name and a dot (``"cursor."``); ``""`` records them as
+            calls of the client itself (for a client method that returns a reconfigured copy of the client).
+        measure: ``"call"``, ``None``, ``"iteration"`` or ``"block"``, as above. Defaults to ``"call"``.
 
     Raises:
-        ValueError: If ``window`` or ``latency_sample`` is invalid.
+        ValueError: If ``measure`` is not one of the four.
+        TypeError: If ``methods`` is a string or holds something else than strings, or ``prefix`` is not a string.
     """
 
-    def __init__(
-        self,
-        name: str = "client",
-        *,
-        window: int = 60,
-        latency_sample: int = 1,
-        clock: Callable[[], float] = time.perf_counter,
-    ):
-        if not isinstance(window, int) or window < 1:
-            raise ValueError(f"window must be a whole number of seconds >= 1, got {window!r}")
-        if not isinstance(latency_sample, int) or latency_sample < 1 or latency_sample & (latency_sample - 1):
-            raise ValueError(f"latency_sample must be a power of two >= 1, got {latency_sample!r}")
-        self.name = name
-        self.window = window
-        self.latency_sample = latency_sample
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._methods: dict[str, _MethodStats] = {}
-        self._started = clock()
+    methods: Collection[str] | None = None
+    prefix: str | None = None
+    measure: str | None = "call"
 
-    def method_stats(self, method: str) -> _MethodStats:
-        """Return the recorder of one method name, creating it on first use (called once per wrapper and name).
-
-        Args:
-            method: The qualified method name, e.g. ``"put_object"`` or ``"indices.create"``.
-
-        Returns:
-            The internal per-method recorder that call wrappers write to.
-        """
-        recorder = self._methods.get(method)
-        if recorder is None:
-            with self._lock:
-                recorder = self._methods.get(method)
-                if recorder is None:
-                    recorder = self._methods[method] = _MethodStats(
-                        self._clock, self.window, self.latency_sample
-                    )
-        return recorder
-
-    def stats(self) -> dict[str, Any]:
-        """Return a snapshot of the statistics.
-
-        Returns:
-            A dict with ``name``; ``operations``, ``errors``, ``ops_per_sec`` (since start or reset),
-            ``error_rate`` (errors / operations) and ``ops_per_sec_recent`` (over the last ``window``
-            seconds, at one-second resolution; over the uptime while that is shorter); ``window``;
-            ``latency_sample``;
-            ``uptime`` (seconds); ``errors_by_type`` (exception class name -> count); ``latency`` (a
-            :meth:`Histogram.snapshot` of every call, failed ones included); and ``methods``, mapping each
-            method name to a dict with the same keys except ``name``, ``window``, ``latency_sample``,
-            ``uptime`` and ``methods``.
-        """
-        with self._lock:
-            recorders = sorted(self._methods.items())
-            started = self._started
-        now = self._clock()
-        uptime = now - started
-        now_second = math.floor(now)
-        total = Histogram()
-        errors_by_type: dict[str, int] = {}
-        errors = recent_total = operations_total = 0
-        methods: dict[str, Any] = {}
-        for method, recorder in recorders:
-            operations, latency, method_errors, recent = recorder.collect(now_second, self.window)
-            count = sum(method_errors.values())
-            operations_total += operations
-            methods[method] = _summary(operations, count, recent, uptime, self.window)
-            methods[method]["errors_by_type"] = method_errors
-            methods[method]["latency"] = latency.snapshot()
-            total.merge(latency)
-            errors += count
-            recent_total += recent
-            for key, n in method_errors.items():
-                errors_by_type[key] = errors_by_type.get(key, 0) + n
-        result: dict[str, Any] = {"name": self.name}
-        result.update(_summary(operations_total, errors, recent_total, uptime, self.window))
-        result.update(
-            window=self.window,
-            latency_sample=self.latency_sample,
-            uptime=uptime,
-            errors_by_type=errors_by_type,
-            latency=total.snapshot(),
-            methods=methods,
-        )
-        return result
-
-    def histograms(self) -> dict[str, Histogram]:
-        """Return a copy of each method's latency histogram (for bucket export), keyed by method name."""
-        with self._lock:
-            recorders = sorted(self._methods.items())
-        now_second = math.floor(self._clock())
-        return {method: recorder.collect(now_second, self.window)[1] for method, recorder in recorders}
-
-    def reset(self) -> None:
-        """Zero every counter and restart the rate clocks; calls in flight may land on either side."""
-        with self._lock:
-            recorders = list(self._methods.values())
-            self._started = self._clock()
-        for recorder in recorders:
-            recorder.reset()
-
-    def __repr__(self) -> str:
-        """Return the name and the method count."""
-        return f"<ClientStats {self.name!r} methods={len(self._methods)}>"
+    def __post_init__(self) -> None:
+        if self.methods is not None:
+            if isinstance(self.methods, str) or not all(isinstance(name, str) for name in self.methods):
+                raise TypeError(f"methods must be a collection of method names or None, got {self.methods!r}")
+            object.__setattr__(self, "methods", frozenset(self.methods))
+        if self.prefix is not None and not isinstance(self.prefix, str):
+            raise TypeError(f"prefix must be a str or None, got {type(self.prefix).__name__}")
+        if self.measure not in _MEASURES:
+            raise ValueError(f"measure must be one of {', '.join(map(repr, _MEASURES))}, got {self.measure!r}")
 
 
 def _make_call(method: Callable[..., Any], recorder: _MethodStats) -> Callable[..., Any]:
     """Return a function that calls ``method`` and records the call into ``recorder``.
 
-    This is the hot path; every line costs. No lock: ``append`` is atomic, ``rollover`` is read racily on
-    purpose (a stale read only delays a fold by one call).
+    The hot path: ``recorder.record(start, end)`` is inlined (a tenth of the added cost of a call).
     """
-    append = recorder.pending.append
     clock = recorder.clock
+    append = recorder.pending.append
 
-    call: Callable[..., Any]
-    if recorder.accumulator is not None:  # the C accelerator: the same steps, without a Python frame
-        call = _speedups.TimedCall(method, recorder, recorder.accumulator)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        start = clock()
+        try:
+            result = method(*args, **kwargs)
+        except BaseException as error:
+            recorder.record_error(start, error)
+            raise
+        end = clock()
+        if end < recorder.rollover:
+            append(end - start)
+        else:
+            recorder.record(start, end)
+        return result
 
-    elif recorder.sample_every == 1:
+    return _as_wrapper_of(call, method)
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            start = clock()
-            try:
-                result = method(*args, **kwargs)
-            except BaseException as error:
-                recorder.record_error(start, error)
-                raise
-            end = clock()
-            if end < recorder.rollover:
-                append(end - start)
-            else:
-                recorder.record_late(end, end - start)
-            return result
 
-    else:
-        calls = recorder.calls
-        count = calls.append
-        mask = recorder.sample_every - 1
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if len(calls) & mask:  # untimed: only counted (racy length read: sampling stays approximate)
-                try:
-                    result = method(*args, **kwargs)
-                except BaseException as error:
-                    recorder.record_error(None, error)
-                    raise
-                count(None)
-                return result
-            start = clock()
-            try:
-                result = method(*args, **kwargs)
-            except BaseException as error:
-                recorder.record_error(start, error)
-                raise
-            end = clock()
-            count(None)
-            if end < recorder.rollover:
-                append(end - start)
-            else:
-                recorder.record_late(end, end - start)
-            return result
-
+def _as_wrapper_of(wrapper: Callable[..., Any], method: Callable[..., Any]) -> Callable[..., Any]:
     try:
-        functools.update_wrapper(call, method)
+        functools.update_wrapper(wrapper, method)
     except (AttributeError, TypeError):  # pragma: no cover - exotic callables without __name__ etc.
-        call.__wrapped__ = method  # type: ignore[attr-defined]
-    return call
+        wrapper.__wrapped__ = method  # type: ignore[attr-defined]
+    return wrapper
+
+
+class _Scope:
+    """What the proxies made at one place share: where they record and which calls they follow (internal).
+
+    One for each client, namespace and followed call. Read-only but for its caches, which threads may fill at the
+    same time (a dict assignment is atomic; a duplicate entry is harmless): one wrapper per method name and class
+    function, so that a new proxy binds a ready wrapper to its target instead of building one; and, for the
+    results of a followed call, the proxy class of each result class.
+    """
+
+    __slots__ = (
+        "monitor", "prefix", "namespaces", "results", "methods", "rule", "measure", "recorder", "_wrappers", "_types",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        monitor: ClientStats,
+        prefix: str,
+        namespaces: frozenset[str] | None,
+        results: Mapping[str, WrapResult],
+        methods: Collection[str] | None = None,
+        rule: WrapResult | None = None,
+        recorder: _MethodStats | None = None,
+    ) -> None:
+        self.monitor = monitor
+        self.prefix = prefix
+        self.namespaces = namespaces
+        self.results = results
+        self.methods = methods  # the names to record; None: every public one
+        self.rule = rule  # for the results of a followed call: its rule, and the call's own recorder
+        self.measure = None if rule is None else rule.measure
+        self.recorder = recorder
+        self._wrappers: dict[tuple[str, Any], Callable[..., Any]] = {}
+        self._types: dict[type, type[_Result]] = {}
+
+    def wrap(self, name: str, method: Callable[..., Any], target: Any) -> Callable[..., Any]:
+        """Return what a proxy of ``target`` gives for its public method ``name``, fetched as ``method``."""
+        function = getattr(method, "__func__", None)
+        if function is None or getattr(method, "__self__", None) is not target:
+            return self._wrap(name, method)  # a builtin's method, a function set on the instance...
+        key = (name, function)
+        wrapper = self._wrappers.get(key)
+        if wrapper is None:
+            wrapper = self._wrappers[key] = self._wrap(name, function)
+        return MethodType(wrapper, target)
+
+    def result(self, target: Any) -> _Result:
+        """Wrap ``target``, a result of the followed call."""
+        target_type = type(target)
+        proxy_type = self._types.get(target_type)
+        if proxy_type is None:
+            # Where instances have no __dict__ (psycopg's cursors), none can hide a method of its class, so the
+            # methods can live on a proxy class of their own: a new cursor's execute() and fetchone() are then
+            # class attributes, not __getattr__ calls.
+            if any("__dict__" in vars(klass) for klass in target_type.__mro__):
+                proxy_type = _Result
+            else:
+                proxy_type = type("_Result", (_Result,), {"__slots__": ()})
+            self._types[target_type] = proxy_type
+        return proxy_type(target, self)
+
+    def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        qualified = self.prefix + name
+        rule = self.results.get(qualified)
+        if rule is not None:
+            return _make_following_call(method, self.follow(qualified, rule))
+        if self.methods is None or name in self.methods:
+            return _make_call(method, self.monitor.method_stats(qualified))
+        return method
+
+    def namespace(self, name: str) -> _Scope:
+        """The scope of the namespace attribute ``name``."""
+        return _Scope(self.monitor, f"{self.prefix}{name}.", self.namespaces, self.results)
+
+    def follow(self, qualified: str, rule: WrapResult) -> _Scope:
+        """The scope of the results of the call ``qualified``, which ``rule`` follows."""
+        prefix = qualified + "." if rule.prefix is None else rule.prefix
+        recorder = None if rule.measure is None else self.monitor.method_stats(qualified)
+        return _Scope(self.monitor, prefix, self.namespaces, self.results, rule.methods, rule, recorder)
+
+
+def _make_following_call(method: Callable[..., Any], scope: _Scope) -> Callable[..., Any]:
+    """Return a function that calls ``method`` (recorded if its rule measures the call) and wraps its result."""
+    invoke = _make_call(method, scope.recorder) if scope.recorder is not None and scope.measure == "call" else method
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        result = invoke(*args, **kwargs)
+        return None if result is None else scope.result(result)
+
+    return _as_wrapper_of(call, method)
+
+
+def _on_target(wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    """Return a method for a result's proxy class that calls ``wrapper`` on the proxy's target."""
+
+    def method(proxy: _Proxy, *args: Any, **kwargs: Any) -> Any:
+        return wrapper(proxy._sp_target, *args, **kwargs)
+
+    return _as_wrapper_of(method, wrapper)
+
+
+def _steps(iterator: Iterator[Any], recorder: _MethodStats) -> Iterator[Any]:
+    """Yield what ``iterator`` yields, recording the fetch of each item as one operation."""
+    clock = recorder.clock
+    try:
+        while True:
+            start = clock()
+            try:
+                item = next(iterator)
+            except StopIteration:  # the end of the iteration, not an operation
+                return
+            except BaseException as error:
+                recorder.record_error(start, error)
+                raise
+            recorder.record(start, clock())
+            yield item
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:  # a loop left early: let a generator doing I/O clean up now, not at collection
+            close()
 
 
 def _is_namespace(name: str, value: Any, namespaces: frozenset[str] | None) -> bool:
@@ -423,38 +285,31 @@ def _is_namespace(name: str, value: Any, namespaces: frozenset[str] | None) -> b
     return type(value).__name__.endswith("Client") and not callable(value)
 
 
-_INTERNAL = frozenset({"_sp_target", "_sp_monitor", "_sp_prefix", "_sp_namespaces"})
-
-
 class _Proxy:
-    """Shared machinery of :class:`MonitoredClient` and nested namespace proxies."""
+    """Shared machinery of :class:`MonitoredClient`, nested namespace proxies and wrapped results."""
 
-    __slots__ = ("_sp_target", "_sp_monitor", "_sp_prefix", "_sp_namespaces", "__dict__", "__weakref__")
+    __slots__ = ("_sp_target", "_sp_scope", "__dict__", "__weakref__")  # the dict caches wrappers
 
     _sp_target: Any
-    _sp_monitor: ClientStats
-    _sp_prefix: str
-    _sp_namespaces: frozenset[str] | None
+    _sp_scope: _Scope
 
-    def _sp_init(
-        self, target: Any, monitor: ClientStats, prefix: str, namespaces: frozenset[str] | None
-    ) -> None:
+    def __init__(self, target: Any, scope: _Scope) -> None:
         object.__setattr__(self, "_sp_target", target)
-        object.__setattr__(self, "_sp_monitor", monitor)
-        object.__setattr__(self, "_sp_prefix", prefix)
-        object.__setattr__(self, "_sp_namespaces", namespaces)
+        object.__setattr__(self, "_sp_scope", scope)
 
     def __getattr__(self, name: str) -> Any:
         """Fetch ``name`` from the wrapped object, wrapping public methods and namespaces (cached)."""
         if name in _INTERNAL:  # not initialised yet (e.g. during copy): avoid infinite recursion
             raise AttributeError(name)
-        value = getattr(self._sp_target, name)
+        target = self._sp_target
+        value = getattr(target, name)
         if name.startswith("_") or isinstance(value, type):
             return value
+        scope = self._sp_scope
         if callable(value):
-            wrapper: Any = _make_call(value, self._sp_monitor.method_stats(self._sp_prefix + name))
-        elif _is_namespace(name, value, self._sp_namespaces):
-            wrapper = _Namespace(value, self._sp_monitor, f"{self._sp_prefix}{name}.", self._sp_namespaces)
+            wrapper: Any = scope.wrap(name, value, target)
+        elif _is_namespace(name, value, scope.namespaces):
+            wrapper = _Namespace(value, scope.namespace(name))
         else:
             return value
         self.__dict__[name] = wrapper
@@ -491,7 +346,7 @@ class _Proxy:
     @property
     def monitor(self) -> ClientStats:
         """The :class:`ClientStats` this proxy records into."""
-        return self._sp_monitor
+        return self._sp_scope.monitor
 
     def __dir__(self) -> Iterable[str]:
         """List the wrapped object's attributes and the proxy's own."""
@@ -523,14 +378,79 @@ class _Namespace(_Proxy):
 
     __slots__ = ()
 
-    def __init__(
-        self, target: Any, monitor: ClientStats, prefix: str, namespaces: frozenset[str] | None
-    ) -> None:
-        self._sp_init(target, monitor, prefix, namespaces)
-
     def __repr__(self) -> str:
         """Show the namespace and the wrapped object."""
-        return f"<monitored namespace {self._sp_prefix[:-1]!r} of {self._sp_target!r}>"
+        return f"<monitored namespace {self._sp_scope.prefix[:-1]!r} of {self._sp_target!r}>"
+
+
+class _Result(_Proxy):
+    """The result of a call named in ``results=``, monitored as its :class:`WrapResult` says."""
+
+    __slots__ = ("_sp_started",)
+
+    _sp_started: float | None
+
+    def __getattr__(self, name: str) -> Any:
+        """As for any proxy; a method is also put on this proxy class, when it has one of its own."""
+        value = super().__getattr__(name)
+        proxy_type = type(self)
+        if proxy_type is not _Result and type(value) is MethodType and value.__self__ is self._sp_target:
+            setattr(proxy_type, name, _on_target(value.__func__))  # recording or not: it is the class's method
+        return value
+
+    def __enter__(self) -> Any:
+        """Enter the wrapped object; return this proxy where it returns itself (``"block"``: as it is)."""
+        target = self._sp_target
+        enter = getattr(type(target), "__enter__", None)
+        if enter is None or not hasattr(type(target), "__exit__"):
+            raise TypeError(f"{type(target).__name__!r} object does not support the context manager protocol")
+        scope = self._sp_scope
+        if scope.measure != "block":
+            entered = enter(target)
+            return self if entered is target else entered
+        recorder = scope.recorder
+        assert recorder is not None
+        start = recorder.clock()
+        try:
+            entered = enter(target)
+        except BaseException as error:
+            recorder.record_error(start, error)
+            raise
+        object.__setattr__(self, "_sp_started", start)  # a block result is entered once, like what it wraps
+        return entered
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> Any:
+        """Exit the wrapped object (``"block"``: and record the block, failed if it raised)."""
+        target = self._sp_target
+        scope = self._sp_scope
+        start = getattr(self, "_sp_started", None) if scope.measure == "block" else None
+        if start is None:  # not a block, or a block never entered
+            return type(target).__exit__(target, exc_type, exc, traceback)
+        object.__setattr__(self, "_sp_started", None)
+        recorder = scope.recorder
+        assert recorder is not None
+        try:
+            suppressed = type(target).__exit__(target, exc_type, exc, traceback)
+        except BaseException as error:
+            recorder.record_error(start, error)
+            raise
+        if exc is not None and not suppressed:
+            recorder.record_error(start, exc)
+        else:
+            recorder.record(start, recorder.clock())
+        return suppressed
+
+    def __iter__(self) -> Iterator[Any]:
+        """Iterate over the wrapped object (``"iteration"``: recording each item fetched)."""
+        iterator: Iterator[Any] = iter(self._sp_target)
+        recorder = self._sp_scope.recorder
+        if self._sp_scope.measure != "iteration" or recorder is None:
+            return iterator
+        return _steps(iterator, recorder)
+
+    def __repr__(self) -> str:
+        """Show the wrapped object."""
+        return f"<monitored result of {self._sp_target!r}>"
 
 
 class MonitoredClient(_Proxy):
@@ -552,6 +472,13 @@ class MonitoredClient(_Proxy):
             Defaults to a new one.
         namespaces: Attribute names to treat as nested API namespaces; ``None`` (default) guesses: non-callable
             attributes whose class name ends in ``Client``.
+        results: The calls whose results are monitored too, by their recorded name (``"cursor"``,
+            ``"cursor.copy"``, ``"indices.get_alias"``), each with a :class:`WrapResult` saying how. For example
+            ``{"cursor": WrapResult(methods=("execute", "executemany"))}`` records ``cur.execute(...)`` as
+            ``cursor.execute``. Defaults to none: results are returned as they are.
+
+    Raises:
+        TypeError: If ``results`` is not a mapping of names to :class:`WrapResult`.
     """
 
     __slots__ = ()
@@ -563,18 +490,24 @@ class MonitoredClient(_Proxy):
         name: str | None = None,
         sink: ClientStats | None = None,
         namespaces: Iterable[str] | None = None,
+        results: Mapping[str, WrapResult] | None = None,
     ) -> None:
+        rules = dict(results) if isinstance(results, Mapping) else {}
+        if results is not None and not isinstance(results, Mapping) or not all(
+            isinstance(key, str) and isinstance(rule, WrapResult) for key, rule in rules.items()
+        ):
+            raise TypeError(f"results must be a mapping of call names to WrapResult, got {results!r}")
         if sink is None:
             sink = ClientStats(name if name is not None else type(client).__name__)
-        self._sp_init(client, sink, "", None if namespaces is None else frozenset(namespaces))
+        super().__init__(client, _Scope(sink, "", None if namespaces is None else frozenset(namespaces), rules))
 
     def stats(self) -> dict[str, Any]:
         """Return the statistics of the sink (see :meth:`ClientStats.stats`); shared sinks report all wrappers."""
-        return self._sp_monitor.stats()
+        return self._sp_scope.monitor.stats()
 
     def reset(self) -> None:
         """Zero the statistics of the sink (see :meth:`ClientStats.reset`)."""
-        self._sp_monitor.reset()
+        self._sp_scope.monitor.reset()
 
     def __enter__(self) -> Any:
         """Enter the wrapped object if it is a context manager; return this wrapper."""
@@ -597,11 +530,15 @@ class MonitoredClient(_Proxy):
 
     def __repr__(self) -> str:
         """Show the sink name and the wrapped object."""
-        return f"<MonitoredClient {self._sp_monitor.name!r} of {self._sp_target!r}>"
+        return f"<MonitoredClient {self._sp_scope.monitor.name!r} of {self._sp_target!r}>"
+
+
+# The proxies' own attribute names: never looked up on, nor assigned to, the wrapped object.
+_INTERNAL = frozenset({"_sp_target", "_sp_scope", "_sp_started"})
 
 
 def unwrap(obj: Any) -> Any:
-    """Return the object behind any number of :class:`MonitoredClient` / namespace proxies.
+    """Return the object behind any number of :class:`MonitoredClient`, namespace and result proxies.
 
     This is the documented way to type-check: ``isinstance(unwrap(client), psycopg.Connection)``.
 
@@ -611,7 +548,7 @@ def unwrap(obj: Any) -> Any:
     Returns:
         The innermost wrapped object.
     """
-    while type(obj) in (MonitoredClient, _Namespace):  # type(), not isinstance(): __class__ is spoofed
+    while issubclass(type(obj), _Proxy):  # type(), not obj.__class__, which is spoofed
         obj = object.__getattribute__(obj, "_sp_target")
     return obj
 
@@ -620,7 +557,7 @@ def monitor_of(obj: Any) -> ClientStats:
     """Return the :class:`ClientStats` behind a monitored client, function, class or instance of such a class.
 
     Args:
-        obj: A :class:`MonitoredClient`, a namespace proxy, or something decorated with :func:`monitored`.
+        obj: A :class:`MonitoredClient`, a namespace or result proxy, or something decorated with :func:`monitored`.
 
     Returns:
         The statistics object.

@@ -407,6 +407,24 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         finally:
             os.close(devnull)
 
+    def monitor_options(self) -> dict[str, Any]:
+        """Record the round trips made through cursors too, in a ``monitor=True`` pool.
+
+        ``conn.cursor()`` gives a monitored cursor whose ``execute`` and ``executemany`` are recorded as
+        ``cursor.execute`` and ``cursor.executemany``, and whose ``copy()`` block, from the ``COPY`` statement to the
+        server's final answer, as one ``cursor.copy``; making the cursor is no round trip and is not recorded, nor
+        are fetches: the rows arrived with ``execute``. ``conn.execute(...)`` is recorded as ``execute``, round trip
+        included; the cursor it returns is handed out as it is, for the same reason.
+        """
+        from syncpool.monitoring import WrapResult
+
+        return {
+            "results": {
+                "cursor": WrapResult(methods=("execute", "executemany"), measure=None),
+                "cursor.copy": WrapResult(measure="block"),
+            }
+        }
+
     def is_auth_error(self, error: BaseException) -> bool:
         """True when the server refused who we are: a wrong password, an unknown role, a role that may not log in,
         no ``pg_hba.conf`` entry for our address, user and database (or a ``reject`` one), no ``CONNECT`` privilege.

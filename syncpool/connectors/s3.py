@@ -201,6 +201,24 @@ class S3Connector(Connector[Any]):
         """Close the client's HTTP connection pool."""
         client.close()
 
+    def monitor_options(self) -> dict[str, Any]:
+        """Record the requests made by paginators and waiters too, in a ``monitor=True`` pool.
+
+        Each page that a paginator's ``paginate()`` fetches is one ``get_paginator.paginate`` operation, timed from
+        request to response (``paginate()`` itself sends nothing), and ``build_full_result()`` on it one
+        ``get_paginator.paginate.build_full_result``. A waiter's ``wait()`` is one ``get_waiter.wait``, however
+        many polls it makes. Making a paginator or a waiter sends nothing and is not recorded.
+        """
+        from syncpool.monitoring import WrapResult
+
+        return {
+            "results": {
+                "get_paginator": WrapResult(methods=(), measure=None),
+                "get_paginator.paginate": WrapResult(measure="iteration", methods=("build_full_result",)),
+                "get_waiter": WrapResult(methods=("wait",), measure=None),
+            }
+        }
+
     def is_auth_error(self, error: BaseException) -> bool:
         """True for missing or refused credentials: botocore's credential errors, and ``ClientError`` with an
         access-denied, invalid-key, bad-signature or expired-token code, or HTTP status 401/403."""
