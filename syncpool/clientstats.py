@@ -151,6 +151,16 @@ def _summary(operations: int, errors: int, recent: int, uptime: float, window: i
     }
 
 
+class ClientStatsMark:
+    """A moment in the life of a :class:`ClientStats`, for :meth:`ClientStats.changes` (opaque)."""
+
+    __slots__ = ("taken", "methods")
+
+    def __init__(self, taken: float) -> None:
+        self.taken = taken
+        self.methods: dict[str, tuple[Histogram, dict[str, int]]] = {}
+
+
 class ClientStats:
     """Call statistics shared by any number of :class:`MonitoredClient` wrappers.
 
@@ -204,7 +214,7 @@ class ClientStats:
         return recorder
 
     def stats(self) -> dict[str, Any]:
-        """Return a snapshot of the statistics.
+        """Return a snapshot of the statistics since this object was created (or :meth:`reset`).
 
         Returns:
             A dict with ``name``; ``operations``, ``errors``, ``ops_per_sec`` (since start or reset),
@@ -214,9 +224,18 @@ class ClientStats:
             :meth:`Histogram.snapshot` of every call, failed ones included); and ``methods``, mapping each
             method name to a dict with the same keys except ``name``, ``window``, ``uptime`` and ``methods``.
         """
+        return self.changes(None)[0]
+
+    def changes(self, mark: ClientStatsMark | None) -> tuple[dict[str, Any], ClientStatsMark]:
+        """Return :meth:`stats` counting only what was recorded after ``mark``, and a mark of now.
+
+        ``mark`` is what an earlier call returned, or None for everything. Nothing is reset, so several readers
+        (a pool's ``pop_stats()``, an exporter) never disturb one another. ``uptime`` and the rates then cover the
+        time since ``mark``; ``ops_per_sec_recent`` is the recent rate, as in :meth:`stats`.
+        """
         with self._lock:
             recorders = sorted(self._methods.items())
-            started = self._started
+            started = self._started if mark is None else max(mark.taken, self._started)
         now = self._clock()
         uptime = now - started
         now_second = math.floor(now)
@@ -224,8 +243,17 @@ class ClientStats:
         errors_by_type: dict[str, int] = {}
         errors = recent_total = operations_total = 0
         methods: dict[str, Any] = {}
+        new_mark = ClientStatsMark(now)
         for method, recorder in recorders:
             latency, method_errors, recent = recorder.collect(now_second, self.window)
+            new_mark.methods[method] = (latency, method_errors)
+            if mark is not None and method in mark.methods:
+                earlier, earlier_errors = mark.methods[method]
+                latency = latency.since(earlier)
+                method_errors = {
+                    key: n - earlier_errors.get(key, 0) for key, n in method_errors.items()
+                    if n > earlier_errors.get(key, 0)
+                }
             operations = latency.count
             count = sum(method_errors.values())
             operations_total += operations
@@ -246,7 +274,7 @@ class ClientStats:
             latency=total.snapshot(),
             methods=methods,
         )
-        return result
+        return result, new_mark
 
     def histograms(self) -> dict[str, Histogram]:
         """Return a copy of each method's latency histogram (for bucket export), keyed by method name."""

@@ -176,7 +176,7 @@ def _plain(value: Any) -> Any:
 
 _HISTOGRAM_KEYS = frozenset({"count", "sum", "min", "max", "mean", "p50", "p90", "p99"})
 _LONGEST = frozenset({"uptime"})  # a duration shared by all: the longest, not the sum
-_SETTINGS = frozenset({"window", "latency_sample"})  # the same setting everywhere, not a quantity
+_SETTINGS = frozenset({"window"})  # the same setting everywhere, not a quantity
 
 
 def merge_stats(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -203,6 +203,27 @@ class Histogram:
         clone._sum, clone._min, clone._max = total, low, high
         return clone
 
+    def since(self, earlier: Histogram) -> Histogram:
+        """Return the values recorded after ``earlier``, a copy of this histogram taken before.
+
+        ``count``, ``sum`` and the buckets are exact; ``min`` and ``max`` are those of the changed buckets, clamped to
+        this histogram's, so within :data:`RELATIVE_ERROR` of the exact ones.
+
+        Args:
+            earlier: A copy (:meth:`copy`) of this histogram from an earlier moment.
+        """
+        counts, total, low, high = self._state()
+        before, before_total, _, _ = earlier._state()
+        changed = {index: n - before.get(index, 0) for index, n in counts.items() if n > before.get(index, 0)}
+        clone = Histogram()
+        if changed:
+            clone._counts = changed
+            clone._count = sum(changed.values())
+            clone._sum = max(0.0, total - before_total)
+            clone._min = max(low, _edges(min(changed))[0])
+            clone._max = min(high, _edges(max(changed))[1])
+        return clone
+
     def merge(self, other: Histogram) -> None:
         """Add every value recorded in ``other`` to this histogram; thread-safe.
 

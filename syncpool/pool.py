@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import forking
+from .clientstats import ClientStatsMark
 from .connector import Connector, as_connector
 from .errors import ConnectRejected, PoolClosed, PoolTimeout
 from .events import EVENTS, Listeners
@@ -163,6 +164,7 @@ class Pool(LeasePath, Generic[T]):
             monitor if isinstance(monitor, ClientStats) else ClientStats(name) if monitor else None
         )
         self._stats = PoolStats()
+        self._clients_popped: ClientStatsMark | None = None  # where the previous pop_stats() left client_stats
         self._inv = Inventory(min_size, max_size, max_waiting, self._stats, idle_order)
         self._events = Listeners(self)
         self._scheduler = Scheduler(name, num_workers=num_workers)
@@ -601,7 +603,15 @@ class Pool(LeasePath, Generic[T]):
             pending = stats.take_pending()
         stats.fold(pending)
         histograms = stats.histograms_since_pop(mark=mark) if since_pop else stats.histograms()
-        return self._assemble(gauges, counters, histograms)
+        result = self._assemble(gauges, counters, histograms)
+        if self.client_stats is not None:
+            if since_pop:
+                result["clients"], popped = self.client_stats.changes(self._clients_popped)
+                if mark:
+                    self._clients_popped = popped
+            else:
+                result["clients"] = self.client_stats.stats()
+        return result
 
     def histograms(self) -> dict[str, Histogram]:
         """Return copies of the ``wait_time``, ``use_time`` and ``connect_time`` histograms (seconds)."""
@@ -630,10 +640,7 @@ class Pool(LeasePath, Generic[T]):
 
     def _assemble(self, gauges: dict[str, Any], counters: dict[str, Any], hists: dict[str, Histogram]) -> dict[str, Any]:
         snapshots = {name: histogram.snapshot() for name, histogram in hists.items()}  # percentiles: no lock held
-        stats = {**gauges, **counters, "use_ms_total": snapshots["use_time"]["sum"] * 1000.0, **snapshots}
-        if self.client_stats is not None:
-            stats["clients"] = self.client_stats.stats()
-        return stats
+        return {**gauges, **counters, "use_ms_total": snapshots["use_time"]["sum"] * 1000.0, **snapshots}
 
     # -- fork safety (see forking.py) ------------------------------------------------------------------------------
 

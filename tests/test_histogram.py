@@ -242,3 +242,19 @@ def test_repr() -> None:
     histogram = Histogram()
     histogram.add(0.25)
     assert "count=1" in repr(histogram)
+
+
+def test_since_gives_the_values_recorded_after_a_copy() -> None:
+    histogram = Histogram()
+    for value in (0.001, 0.002, 0.004):
+        histogram.add(value)
+    earlier = histogram.copy()
+    for value in (0.010, 0.020, 0.002):
+        histogram.add(value)
+    changes = histogram.since(earlier)
+    snapshot = changes.snapshot()
+    assert snapshot["count"] == 3 and snapshot["sum"] == pytest.approx(0.032)
+    assert snapshot["min"] == pytest.approx(0.002, rel=RELATIVE_ERROR * 2)
+    assert snapshot["max"] == pytest.approx(0.020, rel=RELATIVE_ERROR * 2)
+    assert histogram.since(histogram.copy()).snapshot()["count"] == 0
+    assert histogram.snapshot()["count"] == 6  # the histogram itself is untouched

@@ -80,8 +80,7 @@ def test_a_base_exception_from_check_is_a_failed_check(error: type[BaseException
         connector.raising = 1
         wait_until(lambda: pool.stats()["health_checks"]["failed"] == 1)
         wait_until(lambda: pool.stats()["health_checks"]["ok"] >= 4)  # later passes still run
-        stats = pool.stats()
-        assert stats["discards"]["check_failed"] == 1 and stats["checking"] == 0
+        assert pool.stats()["discards"]["check_failed"] == 1
         pool.wait(5)  # replaced
         assert len(_worker_threads(pool)) == 3
 

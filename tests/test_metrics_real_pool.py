@@ -83,3 +83,34 @@ def test_otel_metrics_of_a_real_pool() -> None:
     assert use.count == 7  # two explicit leases and five with-blocks
     wait = metrics["db.client.connection.wait_time"].data.data_points[0]
     assert wait.count == 7
+
+
+def _prometheus_samples(registry: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+
+
+def test_pop_stats_never_turns_an_exported_counter_back() -> None:
+    """Five leases, one pop_stats(), one more lease: the exported counters read 5, then 6; never 0 or 1."""
+    registry = CollectorRegistry()
+    with sqlite_pool("popped") as pool:
+        pool.wait(5)
+        prometheus.instrument(pool, registry=registry)
+        for _ in range(5):
+            with pool.connection(timeout=2) as conn:
+                conn.execute("select 1")
+        before = _prometheus_samples(registry)
+        popped = pool.pop_stats()
+        with pool.connection(timeout=2) as conn:
+            conn.execute("select 1")
+        after = _prometheus_samples(registry)
+        prometheus.uninstrument(pool, registry=registry)
+    assert popped["leases_total"] == 5 and popped["clients"]["operations"] == 5
+    key = next(k for k in before if k[0] == "syncpool_pool_leases_total" and ("pool", "popped") in k[1])
+    assert before[key] == 5 and after[key] == 6
+    for sample, value in after.items():
+        if sample[0].endswith("_total") and sample in before:
+            assert value >= before[sample], sample  # every counter the exporter publishes only goes up

@@ -474,3 +474,27 @@ def test_copy_of_a_proxy_shares_target_and_sink() -> None:
     assert unwrap(clone) is unwrap(client)
     clone.get(1)
     assert client.stats()["operations"] == 1
+
+
+def test_changes_count_only_what_came_after_the_mark_and_reset_nothing() -> None:
+    from syncpool.monitoring import ClientStats, MonitoredClient
+
+    class Client:
+        def ping(self) -> None: ...
+
+        def fail(self) -> None:
+            raise ValueError("no")
+
+    sink = ClientStats("marks")
+    client = MonitoredClient(Client(), sink=sink)
+    for _ in range(3):
+        client.ping()
+    first, mark = sink.changes(None)
+    assert first["operations"] == 3
+    client.ping()
+    with pytest.raises(ValueError):
+        client.fail()
+    second, _ = sink.changes(mark)
+    assert second["operations"] == 2 and second["errors"] == 1 and second["errors_by_type"] == {"ValueError": 1}
+    assert second["methods"]["ping"]["operations"] == 1 and second["methods"]["fail"]["operations"] == 1
+    assert sink.stats()["operations"] == 5  # nothing was reset
