@@ -124,3 +124,74 @@ def test_child_gets_fresh_clients_and_leaves_the_parents_alone() -> None:
         assert pool.stats()["size"] == 2
     for _, server in connector.sessions.values():
         server.close()
+
+
+class _Echo:
+    """A client whose calls a monitor=True pool records."""
+
+    closed = False
+
+    def call(self) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_forks_while_threads_lease_and_record_never_deadlock_a_child() -> None:
+    """Threads lease a monitor=True pool and call its clients in tight loops while the main thread forks 40 children
+    that each lease, call and exit: every lock the package owns (the pool's, the statistics', the histograms', the
+    scheduler's, the registry's) may be held by one of those threads at a fork, and each child must still work."""
+    import threading
+    import time
+
+    from syncpool import registry
+
+    pool = Pool(_Echo, min_size=2, max_size=4, monitor=True, health_check_interval=0.01, name="forked")
+    registry.register(pool)
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            with pool.connection(timeout=5) as client:
+                client.call()
+            pool.stats()
+            registry.info()
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    failures: list[str] = []
+    try:
+        for _ in range(40):
+            pid = os.fork()
+            if pid == 0:  # the child: lease, call, read the statistics, exit; never return into pytest
+                code = 1
+                try:
+                    with pool.connection(timeout=5) as client:
+                        code = 0 if client.call() == os.getpid() else 2
+                    if pool.stats()["clients"]["operations"] < 1 or registry.info()[0]["name"] != "forked":
+                        code = 3
+                    pool.close(timeout=2)
+                finally:
+                    os._exit(code)
+            deadline = time.monotonic() + 20
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    if os.waitstatus_to_exitcode(status) != 0:
+                        failures.append(f"child {pid} exited with {os.waitstatus_to_exitcode(status)}")
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    failures.append(f"child {pid} hung")
+                    break
+                time.sleep(0.005)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        registry.unregister("forked")
+        pool.close()
+    assert not failures, failures
