@@ -160,9 +160,10 @@ class LeasePath:
             if monotonic() - member.last_used < self._check_after_idle:
                 return member, waited
             # Idle long enough to deserve a check before use (check_after_idle; with 0, every member handed out,
-            # new and handed-over ones too), bounded like any check.
+            # new and handed-over ones too), bounded like any check: by health_check_timeout, not by what is left
+            # of the lease's timeout, which would give up healthy members for want of time.
             lease.check = check = self._maintenance.new_check(member)
-            verdict = check.run(max(0.0, min(self._options.health_check_timeout, deadline - monotonic())))
+            verdict = check.run(self._options.health_check_timeout)
             lease.check = None
             if verdict is None:
                 return member, waited
