@@ -28,6 +28,7 @@ from typing import Any
 from .config import PoolConfig, _is_secret, _show, config_from_env, env_prefix, parse_config
 from .connector import Connector
 from .pool import Pool
+from .states import PoolState
 
 __all__ = ["close_all", "get_pool", "info", "install_signal_handlers", "register", "unregister"]
 
@@ -101,8 +102,9 @@ def _differences(registered: Any, requested: Any) -> list[str]:
 
 
 def _is_closed(pool: Pool[Any]) -> bool:
-    # Not pool.closed, which is also true of a pool built with open=False and not opened yet.
-    return bool(pool.stats()["state"] == "closed")
+    # Not pool.closed, which is also true of a pool built with open=False and not opened yet. A closing pool is as
+    # good as closed: it leases nothing, so get_pool() builds a new one.
+    return pool.state in (PoolState.CLOSING, PoolState.CLOSED)
 
 
 def _ensure_atexit() -> None:
