@@ -1,9 +1,8 @@
-"""The process-wide registry: one pool per name, reported and closed together, and closed on SIGTERM."""
+"""The process-wide registry: one pool per name, reported and closed together, and at exit (signals: test_signals)."""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -145,82 +144,6 @@ def test_close_all_lets_leases_finish() -> None:
     thread.join()
 
 
-def test_signal_handlers_only_from_the_main_thread() -> None:
-    errors: list[BaseException] = []
-
-    def install() -> None:
-        try:
-            registry.install_signal_handlers()
-        except ValueError as error:
-            errors.append(error)
-
-    thread = threading.Thread(target=install)
-    thread.start()
-    thread.join()
-    assert errors and "main thread" in str(errors[0])
-
-
-_SIGTERM_SCRIPT = """
-import signal, sys, threading, time
-from syncpool import registry
-
-{previous}
-pool = registry.get_pool("jobs", {{"connector": "sqlite", "options": {{"database": ":memory:"}}}})
-registry.install_signal_handlers(grace=10.0)
-
-def hold():
-    with pool.connection() as conn:
-        print("leased", flush=True)
-        time.sleep(0.5)
-        conn.execute("SELECT 1")
-        print("lease finished", flush=True)  # inside the block: printed before the client goes back
-
-threading.Thread(target=hold).start()
-while True:
-    time.sleep(0.05)
-"""
-
-
-def _run_until_sigterm(previous: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(_SIGTERM_SCRIPT.format(previous=previous))],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "leased"
-        started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=30)
-        assert time.monotonic() - started < 10, "the handler waited longer than the lease"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    return subprocess.CompletedProcess(process.args, process.returncode, "leased\n" + stdout, stderr)
-
-
-@pytest.mark.slow
-def test_sigterm_chains_to_the_previous_python_handler() -> None:
-    previous = (
-        "def on_term(signum, frame):\n"
-        "    print('closed' if pool.closed else 'open', flush=True)\n"
-        "    sys.exit(0)\n"
-        "signal.signal(signal.SIGTERM, on_term)\n"
-    )
-    result = _run_until_sigterm(previous)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["leased", "lease finished", "closed"], result.stderr
-
-
-@pytest.mark.slow
-def test_sigterm_with_default_handler_ends_the_process_by_the_signal() -> None:
-    result = _run_until_sigterm("")
-    assert result.returncode == -signal.SIGTERM, result.stderr
-    assert result.stdout.splitlines() == ["leased", "lease finished"], result.stderr
-
-
 @pytest.mark.slow
 def test_atexit_closes_registered_pools() -> None:
     script = textwrap.dedent("""
@@ -258,3 +181,4 @@ def test_connector_sees_the_member_index() -> None:
     finally:
         for client in replaced:
             pool.putconn(client)
+
