@@ -11,6 +11,10 @@
 Pools in the registry are closed when the interpreter exits (an ``atexit`` hook, registered with the first
 pool), and on SIGTERM once :func:`install_signal_handlers` has been called. A pool closed by its owner is dropped
 from the registry and built afresh on the next :func:`get_pool` that gives its configuration.
+
+In a child made by ``os.fork()`` the registry has a lock of its own and lists the same pools, which in the child
+hold none of the parent's clients (see :mod:`syncpool.forking`): closing them there, at exit or by
+:func:`close_all`, closes only what the child made.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from time import monotonic
 from types import FrameType
 from typing import Any
 
+from . import forking
 from .config import PoolConfig, _is_secret, _show, config_from_env, env_prefix, parse_config
 from .connector import Connector
 from .pool import Pool
@@ -431,3 +436,18 @@ class _SignalShutdown:
 
 # The close a signal began, if any; read by the atexit hook. Set only by the signal handler, in the main thread.
 _shutdown: _SignalShutdown | None = None
+
+
+class _ForkedChild:
+    """Resets the registry's process-wide state in a child made by ``os.fork()``."""
+
+    def _after_fork_in_child(self) -> None:
+        global _lock, _shutdown
+        # Another thread of the parent may have held the lock at the fork; it does not exist here to release it.
+        _lock = threading.RLock()
+        # The parent's signal close, if any, runs on threads the child does not have.
+        _shutdown = None
+
+
+_forked_child = _ForkedChild()  # forking keeps a weak reference only
+forking.register(_forked_child)
