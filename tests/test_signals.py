@@ -254,11 +254,11 @@ def test_default_sigint_raises_keyboard_interrupt_and_the_pools_close() -> None:
     _assert_closed_at_exit(stdout, stderr)
 
 
+# The main thread holds a lease for ever (the default action: the signal must still end the process).
 _HOLD_FOREVER = """
-    import signal, sys, threading, time
+    import time
     from syncpool import registry
 
-    {previous}
     pool = registry.get_pool("jobs", {{"connector": "sqlite", "options": {{"database": ":memory:"}}}})
     registry.install_signal_handlers(grace={grace})
     with pool.connection():
@@ -270,7 +270,7 @@ _HOLD_FOREVER = """
 @pytest.mark.slow
 def test_main_thread_holding_a_lease_for_ever_ends_by_the_signal_after_the_grace() -> None:
     grace = 1.0
-    process = _start(_HOLD_FOREVER.format(previous="", grace=grace))
+    process = _start(_HOLD_FOREVER.format(grace=grace))
     _wait_for_line(process, "leased")
     process.send_signal(signal.SIGTERM)
     returncode, _, stderr = _finish(process, timeout=grace + registry._GRACE_SLACK + ENDS_WITHIN)
@@ -280,7 +280,7 @@ def test_main_thread_holding_a_lease_for_ever_ends_by_the_signal_after_the_grace
 
 @pytest.mark.slow
 def test_second_sigterm_ends_the_process_at_once() -> None:
-    process = _start(_HOLD_FOREVER.format(previous="", grace=LONG_GRACE))
+    process = _start(_HOLD_FOREVER.format(grace=LONG_GRACE))
     _wait_for_line(process, "leased")
     process.send_signal(signal.SIGTERM)
     time.sleep(0.5)  # the first one is being handled (either way, the process must end below)
