@@ -302,13 +302,17 @@ def test_second_signal_skips_the_wait_at_exit() -> None:
         registry.install_signal_handlers(grace=LONG_GRACE)
         registry.EXIT_TIMEOUT = LONG_GRACE  # so that only a second signal can cut the wait at exit short
 
+        leased = threading.Event()
+
         def hold():
             with pool.connection():
-                print("leased", flush=True)
+                leased.set()
                 time.sleep(3600)
 
         threading.Thread(target=hold, daemon=True).start()
         try:
+            leased.wait()
+            print("leased", flush=True)  # inside the try: the SystemExit the signal raises runs the finally
             time.sleep(3600)
         finally:
             print("waiting at exit", flush=True)
@@ -357,8 +361,11 @@ def test_python_handler_is_chained_while_a_worker_thread_finishes_its_lease() ->
         import atexit, signal, sys, threading, time
         from syncpool import registry
 
+        handled = threading.Event()
+
         def on_term(signum, frame):
             print("previous handler", flush=True)
+            handled.set()
             sys.exit(0)
 
         signal.signal(signal.SIGTERM, on_term)
@@ -369,7 +376,8 @@ def test_python_handler_is_chained_while_a_worker_thread_finishes_its_lease() ->
         def work():
             with pool.connection() as conn:
                 print("leased", flush=True)
-                time.sleep(0.5)
+                handled.wait(30)
+                time.sleep(0.2)  # still in flight after the handler has chained
                 conn.execute("SELECT 1")
                 print("lease finished", flush=True)
 
