@@ -11,12 +11,18 @@
 Pools in the registry are closed when the interpreter exits (an ``atexit`` hook, registered with the first
 pool), and on SIGTERM once :func:`install_signal_handlers` has been called. A pool closed by its owner is dropped
 from the registry and built afresh on the next :func:`get_pool` that gives its configuration.
+
+In a child made by ``os.fork()`` the registry has a lock of its own and lists the same pools, which in the child
+hold none of the parent's clients (see :mod:`syncpool.forking`): closing them there, at exit or by
+:func:`close_all`, closes only what the child made.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import math
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -25,15 +31,18 @@ from time import monotonic
 from types import FrameType
 from typing import Any
 
+from . import forking
 from .config import PoolConfig, _is_secret, _show, config_from_env, env_prefix, parse_config
 from .connector import Connector
 from .pool import Pool
+from .states import PoolState
 
 __all__ = ["close_all", "get_pool", "info", "install_signal_handlers", "register", "unregister"]
 
 logger = logging.getLogger("syncpool")
 
-#: Seconds the atexit hook lets leases in flight finish before giving up on them.
+#: Seconds the atexit hook lets leases in flight finish before giving up on them (also the longest it waits at
+#: exit for a close that a signal began; see :func:`install_signal_handlers`).
 EXIT_TIMEOUT = 5.0
 
 
@@ -44,10 +53,11 @@ class _Entry:
     config: PoolConfig | tuple[Any, dict[str, Any]] | None
 
 
-_lock = threading.RLock()  # re-entrant: a signal handler may run close_all() in a thread that holds it
+# Re-entrant: a user's signal handler may call close_all() in the main thread while the frame it interrupted holds
+# the lock. Our own handler never takes it (see _SignalHandler).
+_lock = threading.RLock()
 _entries: dict[str, _Entry] = {}
 _atexit_registered = False
-_shutting_down = False
 
 
 def _normalise(name: str, config: Any, pool_kwargs: dict[str, Any]) -> PoolConfig | tuple[Any, dict[str, Any]]:
@@ -101,8 +111,9 @@ def _differences(registered: Any, requested: Any) -> list[str]:
 
 
 def _is_closed(pool: Pool[Any]) -> bool:
-    # Not pool.closed, which is also true of a pool built with open=False and not opened yet.
-    return bool(pool.stats()["state"] == "closed")
+    # Not pool.closed, which is also true of a pool built with open=False and not opened yet. A closing pool is as
+    # good as closed: it leases nothing, so get_pool() builds a new one.
+    return pool.state in (PoolState.CLOSING, PoolState.CLOSED)
 
 
 def _ensure_atexit() -> None:
@@ -113,6 +124,14 @@ def _ensure_atexit() -> None:
 
 
 def _close_at_exit() -> None:
+    shutdown = _shutdown
+    if shutdown is not None:
+        # A signal began closing the pools and the main thread got here first (the previous handler exited, or a
+        # PoolClosed ended it): let that close finish, then end the process as the signal would have. At exit the
+        # wait is EXIT_TIMEOUT at most, as for any exit: the main thread has left its `with` blocks, so a lease it
+        # still holds (an exception that landed inside the lease machinery) will never come back.
+        shutdown.wait(EXIT_TIMEOUT)
+        shutdown.chain()
     close_all(timeout=EXIT_TIMEOUT)
 
 
@@ -265,45 +284,170 @@ _SUMMARY_KEYS = (
 def install_signal_handlers(
     grace: float = 30.0, signals: Iterable[signal.Signals] = (signal.SIGTERM,)
 ) -> None:
-    """On each of ``signals``, close every registered pool, letting leases in flight finish, then chain.
+    """On each of ``signals``, close every registered pool in the background, then end as the previous handler would.
 
-    The handler calls :func:`close_all` with ``timeout=grace``: new leases fail with
-    :class:`~syncpool.PoolClosed` at once, leases in flight have up to ``grace`` seconds to come back. Then the
-    handler that was installed before is called: a Python handler is called with the same arguments (it may
-    exit with ``sys.exit()``); for ``SIG_DFL`` the default action is restored and the signal sent again, so the
-    process ends as if it had not been caught (exit status -15 / 143 for SIGTERM); ``SIG_IGN`` does nothing more.
-    A second signal while the pools are closing skips the wait and chains at once.
+    The handler itself closes nothing: Python runs it in the main thread between two bytecodes, maybe while the
+    frame it interrupted holds a pool's lock or a lease that closing would wait for. It starts a daemon thread
+    (``syncpool-registry-signal-close``) that calls :func:`close_all` with ``timeout=grace`` (new leases fail
+    with :class:`~syncpool.PoolClosed` at once, leases in flight have up to ``grace`` seconds to come back), and
+    then chains to the handler that was installed before:
 
-    Python runs signal handlers in the main thread only, between bytecodes: call this from the main thread, and
-    note that a lease held by the main thread itself cannot come back while the handler waits (the wait then
-    lasts the whole grace period).
+    - a Python callable (a handler of yours that calls ``sys.exit()``, or Python's default SIGINT handler, which
+      raises ``KeyboardInterrupt``) is called at once, from the signal handler, with the same arguments. What it
+      raises unwinds the main thread, whose ``with pool.connection()`` blocks give their clients back; at exit the
+      ``atexit`` hook waits for the close to finish (within ``grace``, and :data:`EXIT_TIMEOUT` at most) before
+      the interpreter ends.
+    - ``SIG_DFL`` (or a handler installed outside Python) is restored at once; once the pools are closed, or
+      ``grace`` seconds (plus a second or two for the pools' threads) after the signal at the latest, the signal
+      is sent again, so the process ends as if it had not been caught (exit status -15 / 143 for SIGTERM), even if
+      the main thread never gives its lease back. Until then the main thread goes on; its new leases fail with
+      :class:`~syncpool.PoolClosed`, and if that ends it, the ``atexit`` hook still ends the process by the signal.
+    - ``SIG_IGN``: the pools are closed in the background and the process goes on.
+
+    A second signal while the pools are closing skips the wait and chains at once (with ``SIG_DFL``, the process
+    ends there and then). A signal after the close has finished begins a new one, for pools registered since.
+    Calling this again replaces the handlers it installed rather than stacking a second set.
+
+    Args:
+        grace: Seconds that leases in flight get to come back. Keep it below the orchestrator's kill timeout
+            (30 s by default in Kubernetes). Defaults to 30.
+        signals: The signals to handle. Defaults to SIGTERM alone.
 
     Raises:
-        ValueError: Called from a thread other than the main thread.
+        ValueError: Called from a thread other than the main thread, a negative or infinite ``grace``, or a signal
+            that cannot be caught.
+        TypeError: ``grace`` is not a number, or ``signals`` is not an iterable of signal numbers.
     """
     if threading.current_thread() is not threading.main_thread():
         raise ValueError("install_signal_handlers() must be called from the main thread")
-    for signum in signals:
+    if not isinstance(grace, (int, float)) or isinstance(grace, bool):
+        raise TypeError(f"grace must be a number of seconds, not {type(grace).__name__}")
+    if not 0 <= grace < math.inf:
+        raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
+    if isinstance(signals, int):
+        raise TypeError("signals must be an iterable of signal numbers, such as (signal.SIGTERM,), not one number")
+    wanted = list(signals)
+    for signum in wanted:
+        if not isinstance(signum, int) or isinstance(signum, bool):
+            raise TypeError(f"signals: expected signal numbers, got {type(signum).__name__}")
+        if signum in _UNCATCHABLE or signum not in signal.valid_signals():
+            raise ValueError(f"signals: {signum!r} cannot be caught")
+    for signum in wanted:
         previous = signal.getsignal(signum)
-        signal.signal(signum, _make_handler(grace, previous))
+        if isinstance(previous, _SignalHandler):  # installed before: replace it, do not chain to it
+            previous = previous.previous
+        signal.signal(signum, _SignalHandler(float(grace), previous))
+    _ensure_atexit()  # so that a main thread ending during the close still waits for it and chains
 
 
-def _make_handler(grace: float, previous: Any) -> Callable[[int, FrameType | None], None]:
-    def handle(signum: int, frame: FrameType | None) -> None:
-        global _shutting_down
-        if not _shutting_down:
-            _shutting_down = True
-            logger.info("signal %d: closing %d pool(s), grace %.3gs", signum, len(_entries), grace)
-            try:
-                close_all(timeout=grace)
-            finally:
-                _shutting_down = False
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL or previous is None:
-            import os
+_UNCATCHABLE = frozenset(getattr(signal, name) for name in ("SIGKILL", "SIGSTOP") if hasattr(signal, name))
 
+#: Seconds past ``grace`` a signal's close may take (the pools stopping their threads) before SIG_DFL is chained
+#: anyway.
+_GRACE_SLACK = 2.0
+
+_Previous = Callable[[int, FrameType | None], Any] | int | None
+
+
+class _SignalHandler:
+    """The handler :func:`install_signal_handlers` puts on one signal.
+
+    It runs in the main thread between two bytecodes, so it takes no lock, closes nothing and waits for nothing: it
+    starts (or hurries) a :class:`_SignalShutdown` and chains to the previous handler.
+    """
+
+    def __init__(self, grace: float, previous: _Previous) -> None:
+        self.grace = grace
+        self.previous = previous
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        global _shutdown
+        default = self.previous is None or self.previous == signal.SIG_DFL
+        shutdown = _shutdown
+        if shutdown is None or shutdown.closed.is_set():
+            if default:
+                # Restored now, before the close: the closing side re-sends this signal when done, and a second
+                # one sent meanwhile ends the process at once.
+                signal.signal(signum, signal.SIG_DFL)
+            shutdown = _shutdown = _SignalShutdown(signum, self.grace, exit_signal=signum if default else None)
+            started = shutdown.start()
+        else:
+            shutdown.released.set()  # a second signal while closing: nobody waits any longer
+            started = False
+        if callable(self.previous):
+            self.previous(signum, frame)
+        elif default and not started:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
 
-    return handle
+
+class _SignalShutdown:
+    """One close of every registered pool after a signal, on threads of its own, ending the process if it must.
+
+    With ``exit_signal`` set (the signal's default action was to end the process), a second thread sends that
+    signal again once the close is done, or at its deadline: the process then ends on time even if the close is
+    stuck (behind a lease the main thread never gives back, or the registry lock).
+    """
+
+    def __init__(self, signum: int, grace: float, *, exit_signal: int | None) -> None:
+        self.signum = signum
+        self.grace = grace
+        self.exit_signal = exit_signal
+        self.deadline = monotonic() + grace + _GRACE_SLACK
+        self.closed = threading.Event()  # close_all() has returned
+        self.released = threading.Event()  # closed, or a second signal said to stop waiting
+
+    def start(self) -> bool:
+        """Start the threads; False if they could not start (at interpreter exit), and then nobody waits."""
+        threads = [threading.Thread(target=self._close, name="syncpool-registry-signal-close", daemon=True)]
+        if self.exit_signal is not None:
+            threads.append(threading.Thread(target=self._exit, name="syncpool-registry-signal-exit", daemon=True))
+        try:
+            for thread in threads:
+                thread.start()
+        except RuntimeError:  # "can't create new thread at interpreter shutdown", or out of threads
+            self.released.set()
+            return False
+        return True
+
+    def _close(self) -> None:
+        logger.info("signal %d: closing the registered pools, grace %.3gs", self.signum, self.grace)
+        try:
+            close_all(timeout=self.grace)
+        except BaseException:  # a daemon thread has no one to raise to: log it, and still let the process end
+            logger.exception("signal %d: closing the registered pools failed", self.signum)
+        finally:
+            self.closed.set()
+            self.released.set()
+
+    def _exit(self) -> None:
+        self.wait()
+        self.chain()
+
+    def wait(self, limit: float = math.inf) -> None:
+        """Block until the close is done, a second signal arrives, the deadline passes or ``limit`` seconds do."""
+        self.released.wait(max(0.0, min(self.deadline - monotonic(), limit)))
+
+    def chain(self) -> None:
+        """End the process by the signal, if its default action was to end it; else do nothing."""
+        if self.exit_signal is not None:
+            os.kill(os.getpid(), self.exit_signal)
+
+
+# The close a signal began, if any; read by the atexit hook. Set only by the signal handler, in the main thread.
+_shutdown: _SignalShutdown | None = None
+
+
+class _ForkedChild:
+    """Resets the registry's process-wide state in a child made by ``os.fork()``."""
+
+    def _after_fork_in_child(self) -> None:
+        global _lock, _shutdown
+        # Another thread of the parent may have held the lock at the fork; it does not exist here to release it.
+        _lock = threading.RLock()
+        # The parent's signal close, if any, runs on threads the child does not have.
+        _shutdown = None
+
+
+_forked_child = _ForkedChild()  # forking keeps a weak reference only
+forking.register(_forked_child)

@@ -1,9 +1,9 @@
-"""The process-wide registry: one pool per name, reported and closed together, and closed on SIGTERM."""
+"""The process-wide registry: one pool per name, reported and closed together, and at exit (signals: test_signals)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -145,82 +145,6 @@ def test_close_all_lets_leases_finish() -> None:
     thread.join()
 
 
-def test_signal_handlers_only_from_the_main_thread() -> None:
-    errors: list[BaseException] = []
-
-    def install() -> None:
-        try:
-            registry.install_signal_handlers()
-        except ValueError as error:
-            errors.append(error)
-
-    thread = threading.Thread(target=install)
-    thread.start()
-    thread.join()
-    assert errors and "main thread" in str(errors[0])
-
-
-_SIGTERM_SCRIPT = """
-import signal, sys, threading, time
-from syncpool import registry
-
-{previous}
-pool = registry.get_pool("jobs", {{"connector": "sqlite", "options": {{"database": ":memory:"}}}})
-registry.install_signal_handlers(grace=10.0)
-
-def hold():
-    with pool.connection() as conn:
-        print("leased", flush=True)
-        time.sleep(0.5)
-        conn.execute("SELECT 1")
-        print("lease finished", flush=True)  # inside the block: printed before the client goes back
-
-threading.Thread(target=hold).start()
-while True:
-    time.sleep(0.05)
-"""
-
-
-def _run_until_sigterm(previous: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(_SIGTERM_SCRIPT.format(previous=previous))],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "leased"
-        started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=30)
-        assert time.monotonic() - started < 10, "the handler waited longer than the lease"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    return subprocess.CompletedProcess(process.args, process.returncode, "leased\n" + stdout, stderr)
-
-
-@pytest.mark.slow
-def test_sigterm_chains_to_the_previous_python_handler() -> None:
-    previous = (
-        "def on_term(signum, frame):\n"
-        "    print('closed' if pool.closed else 'open', flush=True)\n"
-        "    sys.exit(0)\n"
-        "signal.signal(signal.SIGTERM, on_term)\n"
-    )
-    result = _run_until_sigterm(previous)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["leased", "lease finished", "closed"], result.stderr
-
-
-@pytest.mark.slow
-def test_sigterm_with_default_handler_ends_the_process_by_the_signal() -> None:
-    result = _run_until_sigterm("")
-    assert result.returncode == -signal.SIGTERM, result.stderr
-    assert result.stdout.splitlines() == ["leased", "lease finished"], result.stderr
-
-
 @pytest.mark.slow
 def test_atexit_closes_registered_pools() -> None:
     script = textwrap.dedent("""
@@ -258,3 +182,139 @@ def test_connector_sees_the_member_index() -> None:
     finally:
         for client in replaced:
             pool.putconn(client)
+
+
+# -- fork ----------------------------------------------------------------------------------------------------------
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+ignore_fork_warning = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+
+
+def _wait_for_child(pid: int, timeout: float = 20.0) -> int:
+    """The child's exit code; kill it and fail if it has not ended within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the forked child was still running after {timeout}s: deadlocked?")
+
+
+@contextlib.contextmanager
+def _registry_lock_held_by_another_thread() -> Iterator[None]:
+    """Hold the registry's lock in another thread for the duration, as a get_pool() under way would."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with registry._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+@needs_fork
+@ignore_fork_warning
+def test_forked_child_has_a_registry_lock_of_its_own() -> None:
+    """A thread held the lock at the fork: the child, where that thread does not exist, can still use the registry."""
+    pool = registry.get_pool("jobs", Client, min_size=1, max_size=2)
+    pool.wait(5)
+    with _registry_lock_held_by_another_thread():
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code, and never return into pytest
+            code = 1
+            try:
+                assert registry.get_pool("jobs") is pool
+                with pool.connection(timeout=5):
+                    pass
+                assert [entry["name"] for entry in registry.info()] == ["jobs"]
+                registry.close_all(timeout=2.0)
+                assert pool.closed and registry.info() == []
+                code = 0
+            finally:
+                os._exit(code)
+    assert _wait_for_child(pid) == 0
+    assert registry.get_pool("jobs") is pool and not pool.closed  # the child's close was its own
+
+
+_FORK_AND_RETURN = """
+    import os, sys, threading, time
+    from syncpool import registry
+
+    report = sys.argv[1]
+
+
+    class Client:
+        def __init__(self):
+            self.creator = os.getpid()
+
+        def close(self):
+            with open(report, "a") as file:
+                file.write(f"{os.getpid()} closed a client made by {self.creator}\\n")
+
+
+    pool = registry.get_pool("jobs", Client, min_size=2, max_size=3)
+    pool.wait(5)
+    leased = pool.getconn()
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with registry._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    pid = os.fork()
+    if pid == 0:
+        # The child uses the pool and then simply ends: the registry's atexit hook runs here, as in the parent.
+        with pool.connection(timeout=5) as client:
+            assert client.creator == os.getpid()
+        print("child done", flush=True)
+    else:
+        release.set()
+        holder.join()
+        deadline = time.monotonic() + 20
+        while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not done[0]:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            print("child stuck", flush=True)
+        else:
+            print("child exit code", os.waitstatus_to_exitcode(done[1]), flush=True)
+        print("parent", os.getpid(), "still has", pool.stats()["size"], "clients", flush=True)
+        pool.putconn(leased)
+"""
+
+
+@needs_fork
+@pytest.mark.slow
+def test_forked_child_that_exits_normally_closes_only_its_own_clients(tmp_path: Path) -> None:
+    report = tmp_path / "closes.txt"
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", textwrap.dedent(_FORK_AND_RETURN), str(report)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["child done", "child exit code 0"], result.stdout + result.stderr
+    parent = int(lines[2].split()[1])
+    assert lines[2] == f"parent {parent} still has 2 clients", result.stdout
+    closes = [line.split() for line in report.read_text().splitlines()]
+    by_child = [(int(words[0]), int(words[-1])) for words in closes if int(words[0]) != parent]
+    by_parent = [int(words[-1]) for words in closes if int(words[0]) == parent]
+    # At its exit the child closed the clients it made (it refilled to min_size), and none of the parent's.
+    assert by_child and all(closer == creator for closer, creator in by_child), closes
+    assert by_parent == [parent, parent], closes  # the parent closed its own two at its exit
