@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 import threading
 from array import array
 from collections import Counter
@@ -36,6 +37,15 @@ MIN_VALUE = 2.0**-30
 MAX_VALUE = 2.0**20
 
 _SHIFT = 46  # 52 mantissa bits - 6 kept
+# How add_many builds a native-order 32-bit key from the top three bytes of a native-order double: (key byte, double
+# byte) pairs, and which key byte keeps only its top 2 bits (the rest of the double's third byte is mantissa).
+if sys.byteorder == "little":
+    _KEY_BYTES = ((1, 5), (2, 6), (3, 7))
+    _MASKED_KEY_BYTE = 1
+else:  # pragma: no cover - big-endian machines
+    _KEY_BYTES = ((0, 0), (1, 1), (2, 2))
+    _MASKED_KEY_BYTE = 2
+_KEEP_TOP_2_BITS = bytes(b & 0xC0 for b in range(256))
 MIN_INDEX = (-30 + 1023) << 6
 MAX_INDEX = (20 + 1023) << 6  # the overflow bucket [MAX_VALUE, inf)
 _UNDERFLOW = MIN_INDEX - 1  # the bucket [0, MIN_VALUE)
@@ -166,10 +176,19 @@ class Histogram:
         """
         if not values:
             return
-        keys = array("q", array("d", values).tobytes())
+        # The top 18 bits of each double (sign, exponent, 6 mantissa bits: the bucket index) are bytes 5 to 7 of its
+        # little-endian form, 0 to 2 of its big-endian one. Sliced out for every value at once, in C, into 32-bit
+        # keys (index << 14, bit 31 the sign, always 0 here), and counted by Counter.
+        packed = array("d", values).tobytes()
+        keys = bytearray(4 * len(values))
+        for target, source in _KEY_BYTES:
+            keys[target::4] = packed[source::8]
+        keys[_MASKED_KEY_BYTE::4] = keys[_MASKED_KEY_BYTE::4].translate(_KEEP_TOP_2_BITS)
+        counted = array("I")
+        counted.frombytes(bytes(keys))
         buckets: dict[int, int] = {}
-        for key, n in Counter(map(_SHIFT.__rrshift__, keys)).items():
-            index = _clamp(key)
+        for key, n in Counter(counted).items():
+            index = _clamp(key >> 14)
             buckets[index] = buckets.get(index, 0) + n  # clamping maps many keys to the two edge buckets
         self._add_counts(buckets, len(values), sum(values), min(values), max(values))
 

@@ -95,6 +95,7 @@ class Inventory:
             return
         waiter = waiters[0]
         member.leased_at = now
+        member.leases += 1
         member.leak_reported = False
         self.leased[member.key] = member
         waiter.member = member

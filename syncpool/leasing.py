@@ -3,13 +3,15 @@
 :class:`Lease` is the context manager of ``pool.connection()`` and the record of one lease while it is being made;
 :class:`LeasePath` is the part of :class:`~syncpool.Pool` that leases, queues, waits, checks, gives back and undoes.
 The common case, an idle member taken at once and given back, is written out in ``Lease.__enter__`` and
-``LeasePath._end_lease``: a lease+return costs a few microseconds, most of them the Python calls themselves, so the
-path makes as few as it can. ``docs/design.md`` walks through it.
+``Lease.__exit__``: a lease+return costs a few microseconds, most of them the Python calls themselves, so the path
+makes as few as it can. ``docs/design.md`` walks through it.
 
 Interruptions: a caller can be interrupted at any bytecode (a signal's KeyboardInterrupt, an asynchronous exception).
 The lease records what the pool did on its behalf (``member``, ``waiter``, ``check``) in the same lock hold that did
 it, before anything else can happen, so whatever exception leaves ``__enter__`` or :meth:`Pool.getconn`, ``_undo``
-finds what to give back, which queue entry to remove, or which check to abandon.
+finds what to give back, which queue entry to remove, or which check to abandon. On the way back, the lease knows
+the number of its lease of the member (``Member.leases`` counts them): an interrupt discards the member only while
+that lease still holds it, never once it has been handed to someone else.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from .options import PoolOptions
     from .pool_stats import PoolStats
 
-__all__ = ["Lease", "LeasePath"]
+__all__ = ["Lease", "LeasePath", "PutBack"]
 
 
 T = TypeVar("T")
@@ -61,12 +63,16 @@ class Lease(Generic[T]):
     (without ``release``): the ``lease`` and ``return`` events of :meth:`Pool.add_listener` see every lease.
     """
 
-    __slots__ = ("_pool", "_timeout", "member", "waiter", "check")
+    __slots__ = ("_pool", "_timeout", "member", "leased_as", "waiter", "check")
+
+    #: Whether :meth:`Connector.release` ends the lease (a ``with`` block), or ``is_broken`` and ``reset`` (putconn).
+    _block = True
 
     def __init__(self, pool: LeasePath, timeout: float | None = None) -> None:
         self._pool = pool
         self._timeout = timeout
         self.member: Member | None = None  # leased on our behalf (set in the lock hold that leases it)
+        self.leased_as = 0  # the number of our lease of it (Member.leases): it is ours while they are equal
         self.waiter: Waiter | None = None  # our place in the wait queue, while we wait
         self.check: Check | None = None  # the check on lease under way, while it runs
 
@@ -87,6 +93,8 @@ class Lease(Generic[T]):
                         # learns it first, and it is leased before it leaves the idle list.
                         self.member = member
                         member.leased_at = now
+                        member.leases += 1
+                        self.leased_as = member.leases
                         member.leak_reported = False
                         inv.leased[member.key] = member
                         del idle[take]
@@ -102,7 +110,8 @@ class Lease(Generic[T]):
                 member, waited = pool._acquire_slow(self, pool.timeout if self._timeout is None else self._timeout)
             if pool._leak_threshold is not None:
                 member.lease_frames = _capture_frames(sys._getframe(1))
-            pool._events.emit("lease", wait=waited)
+            if pool._events.leases_watched:
+                pool._events.emit("lease", wait=waited)
             return member.client  # type: ignore[no-any-return]
         except BaseException:
             pool._undo(self)  # whatever was leased or queued on our behalf before the exception
@@ -111,13 +120,89 @@ class Lease(Generic[T]):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Give the member back (the whole return path: the common case costs no other Python call)."""
         member = self.member
         if member is None:
             raise RuntimeError("lease was not entered: nothing to return")
+        pool = self._pool
+        inv = pool._inv
+        number = self.leased_as
+        reason: str | None = None
         try:
-            self._pool._end_lease(member, exc)  # takes the member back or discards it, even if it raises
+            if member.leases != number or inv.leased.get(member.key) is not member:
+                raise pool._not_leased(member.client)  # given back by hand inside the block
+            if exc is not None and not isinstance(exc, Exception):
+                pool._discard_leased(member, "interrupted", number)  # cut off mid-exchange, maybe: never reused
+                return
+            if self._block and pool._release_hook is not None:
+                try:
+                    if not pool._release_hook(member.raw, exc):
+                        reason = "broken"
+                except Exception:
+                    pool._discard_leased(member, "reset_failed", number)
+                    raise
+            elif pool._return_checks:  # what the default release() does, without its frame
+                try:
+                    if pool._is_broken(member.raw):
+                        reason = "broken"
+                    else:
+                        pool._reset(member.raw)
+                except Exception as failure:
+                    reason = "reset_failed"
+                    pool._log.warning(
+                        "pool %r: discarding a client whose reset failed: %s", pool.name, describe_error(failure)
+                    )
+            now = monotonic()
+            with inv.lock:
+                if member.leases != number or inv.leased.get(member.key) is not member:
+                    raise PoolError(f"pool {pool.name!r}: client returned twice (by two threads at once)")
+                stats = pool._stats
+                stats.use_times.append(now - member.leased_at)
+                full = stats.take_pending() if len(stats.use_times) >= FOLD_EVERY else None
+                del inv.leased[member.key]
+                # Decide: to the oldest waiter, back on the idle list, or retired.
+                if reason is None and inv.state is OPEN and member.expires > now and (not inv.shrunk or inv.fits()):
+                    if inv.waiters:
+                        inv.hand_over(member, now)
+                    else:
+                        member.last_used = now
+                        inv.idle.append(member)
+                else:
+                    reason = reason or _retire_reason(inv, member, now)
+                    inv.retire(member, reason)
+                    if inv.state is not OPEN:
+                        inv.changed.notify_all()  # close() may be waiting for this return
+        except BaseException as error:
+            if not isinstance(error, Exception):
+                # Interrupted mid-return (in release, reset, or before the decision): the client's state is
+                # unknown. Discard it if this lease still holds it, so that no slot is lost; then go on.
+                pool._discard_leased(member, "interrupted", number)
+            raise
         finally:
             self.member = None
+        if full is not None:
+            stats.fold(full)
+        if pool._events.leases_watched:
+            pool._events.emit("return", use=now - member.leased_at)
+        if reason is not None:
+            pool._grower.close_retired()
+
+
+class PutBack(Lease[Any]):
+    """How :meth:`Pool.putconn` gives a member back: the return path of a ``with`` block, but with ``is_broken`` and
+    ``reset`` (a rollback) instead of ``Connector.release``, as getconn/putconn always did."""
+
+    __slots__ = ()
+    _block = False
+
+
+def _retire_reason(inv: Inventory, member: Member, now: float) -> str:
+    """Why a healthy member that comes back cannot stay. Locked."""
+    if inv.state is not OPEN:
+        return "closed"
+    if member.expires <= now:
+        return "reload" if member.expires == -math.inf else "lifetime"
+    return "resize"
 
 
 class LeasePath:
@@ -193,6 +278,8 @@ class LeasePath:
                     continue
                 lease.member = member
                 member.leased_at = now
+                member.leases += 1
+                lease.leased_as = member.leases
                 member.leak_reported = False
                 inv.leased[member.key] = member
                 del idle[take]
@@ -253,6 +340,7 @@ class LeasePath:
             lease.waiter = None
             raise waiter.error
         member: Member = waiter.member
+        lease.leased_as = member.leases  # handed over and leased on our behalf: nobody else touches it now
         lease.member = member
         lease.waiter = None
         return member
@@ -307,85 +395,12 @@ class LeasePath:
             "(returned twice, or leased from another pool)"
         )
 
-    def _end_lease(self, member: Member, error: BaseException | None, block: bool = True) -> None:
-        """The return path: a ``with pool.connection()`` block (``block``) or :meth:`putconn` gives ``member`` back.
-
-        Outside the lock: a block that ended by a ``BaseException`` that is not an ``Exception`` discards the
-        member without talking to it; else the connector's ``release`` (blocks) or ``is_broken`` and ``reset``
-        (:meth:`putconn`) say whether it may be reused. Then, under the lock, the member goes to the oldest waiter,
-        on top of the idle stack, or is retired.
-        """
-        reason: str | None = None
-        if block and self._inv.leased.get(member.key) is not member:  # given back by hand inside the block
-            raise self._not_leased(member.client)
-        if error is not None and not isinstance(error, Exception):
-            self._discard_leased(member, "interrupted")
-            return
-        try:
-            if block and self._release_hook is not None:
-                try:
-                    if not self._release_hook(member.raw, error):
-                        reason = "broken"
-                except Exception:
-                    self._discard_leased(member, "reset_failed")
-                    raise
-            elif self._return_checks:  # what the default release() does, without its frame
-                try:
-                    if self._is_broken(member.raw):
-                        reason = "broken"
-                    else:
-                        self._reset(member.raw)
-                except Exception as failure:
-                    reason = reason or "reset_failed"
-                    self._log.warning(
-                        "pool %r: discarding a client whose reset failed: %s", self.name, describe_error(failure)
-                    )
-        except Exception:
-            raise
-        except BaseException:
-            # Interrupted mid-release or mid-reset: the client's state is unknown. Discard it (a replacement is
-            # connected) so that the slot is not lost, then let the exception go on.
-            self._discard_leased(member, "interrupted")
-            raise
-        inv = self._inv
-        now = monotonic()
-        with inv.lock:
-            if inv.leased.get(member.key) is not member:
-                raise PoolError(f"pool {self.name!r}: client returned twice (by two threads at once)")
-            del inv.leased[member.key]
-            use_times = self._stats.use_times
-            use_times.append(now - member.leased_at)
-            full = self._stats.take_pending() if len(use_times) >= FOLD_EVERY else None
-            if reason is None and inv.state is OPEN and member.expires > now and (not inv.shrunk or inv.fits()):
-                # Decide: it goes to the oldest waiter, else on top of the idle stack.
-                member.last_used = now
-                if inv.waiters:
-                    inv.hand_over(member, now)
-                else:
-                    inv.idle.append(member)
-            else:
-                if reason is None:
-                    if inv.state is not OPEN:
-                        reason = "closed"
-                    elif member.expires <= now:
-                        reason = "reload" if member.expires == -math.inf else "lifetime"
-                    else:
-                        reason = "resize"
-                inv.retire(member, reason)
-                if inv.state is not OPEN:
-                    inv.changed.notify_all()  # close() may be waiting for this return
-        if full is not None:
-            self._stats.fold(full)
-        if self._events.leases_watched:
-            self._events.emit("return", use=now - member.leased_at)
-        if reason is not None:
-            self._grower.close_retired()
-
-    def _discard_leased(self, member: Member, reason: str) -> None:
-        """Discard a leased member without talking to it (its lease was interrupted, or its release failed)."""
+    def _discard_leased(self, member: Member, reason: str, number: int) -> None:
+        """Discard a member without talking to it (its lease was interrupted, or its release failed), if the lease
+        numbered ``number`` still holds it: once given back, it may be someone else's."""
         inv = self._inv
         with inv.lock:
-            if inv.take_back(member):
+            if member.leases == number and inv.take_back(member):
                 inv.retire(member, reason)
                 inv.changed.notify_all()
         self._grower.close_retired()

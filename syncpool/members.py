@@ -15,7 +15,7 @@ class Member:
     """
 
     __slots__ = (
-        "client", "raw", "key", "index", "created", "expires", "last_used", "leased_at", "lease_frames",
+        "client", "raw", "key", "index", "created", "expires", "last_used", "leased_at", "leases", "lease_frames",
         "leak_reported", "retire_reason",
     )
 
@@ -28,6 +28,7 @@ class Member:
         self.expires = expires  # jittered end of life, monotonic seconds; -inf once reload() condemned it
         self.last_used = created  # when it last went idle
         self.leased_at = 0.0
+        self.leases = 0  # how many times it was leased: the number of the lease that holds it now, if any
         self.lease_frames: list[tuple[str, int, str]] | None = None  # where it was leased, when leaks are watched
         self.leak_reported = False
         self.retire_reason = ""  # why it is being closed (a key of stats()["discards"]), once retired

@@ -28,7 +28,7 @@ from .events import EVENTS, Listeners
 from .growth import Grower, describe_error
 from .histogram import Histogram
 from .inventory import Inventory
-from .leasing import Lease, LeasePath
+from .leasing import Lease, LeasePath, PutBack
 from .maintenance import Maintenance
 from .monitoring import ClientStats
 from .options import PoolOptions, check_seconds, check_sizes
@@ -408,7 +408,8 @@ class Pool(LeasePath, Generic[T]):
         """
         if timeout is not None:
             timeout = check_seconds("timeout", timeout, allow_zero=True)
-        return Lease[T](self, timeout).__enter__()
+        lease: Lease[T] = Lease(self, timeout)
+        return lease.__enter__()
 
     def putconn(self, client: T) -> None:
         """Return a client leased with :meth:`getconn`.
@@ -427,7 +428,10 @@ class Pool(LeasePath, Generic[T]):
             if self._orphans.pop(id(client), None) is not None:
                 return  # leased in the parent before a fork: not ours to reuse or close
             raise self._not_leased(client)
-        self._end_lease(member, None, block=False)
+        lease = PutBack(self)
+        lease.member = member
+        lease.leased_as = member.leases
+        lease.__exit__(None, None, None)
 
     # -- helpers above the pool ------------------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ class PoolStats:
         "leases", "waited", "timeouts", "too_many_waiters", "breaker_rejections", "wait_seconds",
         "timeout_wait_seconds", "created",
         "connect_errors", "connect_seconds", "leaks", "health_ok", "health_failed", "discards",
-        "use_times", "wait_times", "connect_times", "_histograms", "_since_pop", "_popped", "_fold_lock",
+        "use_times", "wait_times", "connect_times", "_histograms", "_popped_histograms", "_popped", "_fold_lock",
     )
 
     def __init__(self) -> None:
@@ -61,7 +61,7 @@ class PoolStats:
         self.wait_times: list[float] = []
         self.connect_times: list[float] = []
         self._histograms = {name: Histogram() for name in _HISTOGRAMS}
-        self._since_pop = {name: Histogram() for name in _HISTOGRAMS}
+        self._popped_histograms: dict[str, Histogram] = {}  # copies of the histograms as the last pop saw them
         self._popped: dict[str, Any] = {}  # the counters as the last pop() saw them
         self._fold_lock = threading.Lock()
 
@@ -129,12 +129,11 @@ class PoolStats:
     # -- folding and reading (without the pool lock) ----------------------------------------------------------------
 
     def fold(self, pending: Pending) -> None:
-        """Add swapped-out pending durations to the histograms (the pool-lifetime ones and the since-pop ones)."""
+        """Add swapped-out pending durations to the histograms."""
         with self._fold_lock:
             for name, values in pending.items():
                 if values:
                     self._histograms[name].add_many(values)
-                    self._since_pop[name].add_many(values)
 
     def histograms(self) -> dict[str, Histogram]:
         """Copies of the pool-lifetime histograms."""
@@ -142,18 +141,19 @@ class PoolStats:
             return {name: histogram.copy() for name, histogram in self._histograms.items()}
 
     def histograms_since_pop(self, *, mark: bool) -> dict[str, Histogram]:
-        """The histograms of what was folded since the previous pop; with ``mark``, start new ones (a pop)."""
+        """The histograms of what was folded since the previous pop; with ``mark``, this is a pop."""
         with self._fold_lock:
-            if not mark:
-                return {name: histogram.copy() for name, histogram in self._since_pop.items()}
-            popped, self._since_pop = self._since_pop, {name: Histogram() for name in _HISTOGRAMS}
-        return popped
+            now = {name: histogram.copy() for name, histogram in self._histograms.items()}
+            earlier = self._popped_histograms
+            if mark:
+                self._popped_histograms = now
+        return {name: histogram.since(earlier[name]) if earlier else histogram for name, histogram in now.items()}
 
     def after_fork_in_child(self) -> None:
         """Re-create the lock, which another thread of the parent may have held at the fork."""
         self._fold_lock = threading.Lock()
-        for histogram in [*self._histograms.values(), *self._since_pop.values()]:
-            histogram._lock = threading.Lock()
+        for histogram in self._histograms.values():
+            histogram._after_fork_in_child()
 
 
 def _minus(now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
