@@ -261,9 +261,12 @@ class _CompatConnector(PostgresConnector):
     def reset(self, client: psycopg.Connection[Any]) -> None:
         """Roll back a transaction left open or failed (with psycopg_pool's warning), then run the ``reset``
         callback, which must leave the connection idle. Raising discards the connection."""
+        rollback = client.pgconn.transaction_status in _ROLLBACK
+        if not rollback and self._reset_callback is None:
+            return  # nearly every return: idle, nothing to reset
         if self._returning_to_closed_pool():
             return  # it is closed next, as in psycopg_pool: nothing to roll back or reset
-        if client.pgconn.transaction_status in _ROLLBACK:
+        if rollback:
             logger.warning("rolling back returned connection: %s", client)
             try:
                 client.rollback()
