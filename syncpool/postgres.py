@@ -197,10 +197,12 @@ class _CompatConnector(PostgresConnector):
         self._check_callback = check
         self._reset_callback = reset
         self._owner: Callable[[], ConnectionPool[Any] | None] = lambda: None
+        self._pool_name = "?"
 
     def attach(self, pool: ConnectionPool[Any]) -> None:
         """Know the pool (weakly: it owns this connector) for ``_pool`` marks, log lines and its state."""
         self._owner = weakref.ref(pool)
+        self._pool_name = pool.name
 
     def _returning_to_closed_pool(self) -> bool:
         pool = self._owner()
@@ -241,7 +243,7 @@ class _CompatConnector(PostgresConnector):
         try:
             self._check_callback(client)
         except Exception as error:
-            logger.info("connection failed check: %s", error)
+            logger.info("connection failed check: %s (pool %r)", error, self._pool_name)
             raise
 
     def is_broken(self, client: psycopg.Connection[Any]) -> bool:
@@ -253,9 +255,9 @@ class _CompatConnector(PostgresConnector):
         if status in _REUSABLE or self._returning_to_closed_pool():
             return False
         if status == _ACTIVE:
-            logger.warning("closing returned connection: %s", client)
+            logger.warning("closing returned connection: %s (pool %r)", client, self._pool_name)
         else:
-            logger.warning("discarding closed connection: %s", client)
+            logger.warning("discarding closed connection: %s (pool %r)", client, self._pool_name)
         return True
 
     def reset(self, client: psycopg.Connection[Any]) -> None:
@@ -267,12 +269,13 @@ class _CompatConnector(PostgresConnector):
         if self._returning_to_closed_pool():
             return  # it is closed next, as in psycopg_pool: nothing to roll back or reset
         if rollback:
-            logger.warning("rolling back returned connection: %s", client)
+            logger.warning("rolling back returned connection: %s (pool %r)", client, self._pool_name)
             try:
                 client.rollback()
             except Exception as error:
                 logger.warning(
-                    "rollback failed: %s: %s. Discarding connection %s", type(error).__name__, error, client
+                    "rollback failed: %s: %s. Discarding connection %s (pool %r)",
+                    type(error).__name__, error, client, self._pool_name,
                 )
                 raise
         reset = self._reset_callback
@@ -287,7 +290,7 @@ class _CompatConnector(PostgresConnector):
                     "discarded"
                 )
         except Exception as error:
-            logger.warning("error resetting connection: %s", error)
+            logger.warning("error resetting connection: %s (pool %r)", error, self._pool_name)
             raise
 
     def close(self, client: psycopg.Connection[Any]) -> None:
@@ -608,7 +611,7 @@ class ConnectionPool(Pool[CT]):
             return PoolClosed(f"the pool {name!r} is closed")
         if isinstance(error, _errors.TooManyWaiters):
             return TooManyRequests(
-                f"the pool {name!r} has already {self.max_waiting} requests waiting (max_waiting)"
+                f"the pool {name!r} has already {self.max_waiting} requests waiting"
             )
         return error
 

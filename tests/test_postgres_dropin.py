@@ -102,6 +102,21 @@ def test_close_from_another_thread_while_a_lease_is_out(pool_class: type[Any], m
     assert conn.closed
 
 
+def test_a_connection_returned_after_close_is_closed_without_rollback_or_reset(
+    pool_class: type[Any], make_pool: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    resets: list[Any] = []
+    pool = make_pool(pool_class, min_size=1, reset=resets.append)
+    conn = pool.getconn(timeout=10)
+    conn.execute("SELECT 1")  # a transaction left open
+    pool.close()
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    pool.putconn(conn)
+    assert conn.closed
+    assert resets == []
+    assert not [m for m in _messages(caplog, logging.WARNING) if "returned connection" in m]
+
+
 def test_a_pool_closed_before_it_was_opened_can_still_be_opened(
     pool_class: type[Any], make_pool: Callable[..., Any]
 ) -> None:
