@@ -1,4 +1,4 @@
-"""A drop-in replacement for ``psycopg_pool.ConnectionPool``, built on :class:`syncpool.Pool`.
+"""Drop-in replacements for ``psycopg_pool.ConnectionPool`` and ``NullConnectionPool``, built on :class:`syncpool.Pool`.
 
 Switching is an import change::
 
@@ -8,9 +8,11 @@ Switching is an import change::
         with pool.connection() as conn:             # commits on success, rolls back on error
             conn.execute("INSERT INTO t VALUES (1)")
 
-The constructor arguments, methods, properties and exceptions mean what psycopg_pool's do; every difference that
-remains is listed, with its reason, in ``docs/migrating-from-psycopg-pool.md``. The pool is also a
-:class:`syncpool.Pool`, so ``stats()``, listeners and the metrics exporters work on it too.
+The constructor arguments, methods, properties, exceptions, error messages, statistics and log lines (on the
+``psycopg.pool`` logger) mean what psycopg_pool's do, and the classes are generic in the connection class as
+psycopg_pool's are (``ConnectionPool[MyConnection]``); every difference that remains is listed, with its reason, in
+``docs/migrating-from-psycopg-pool.md``. A pool is also a :class:`syncpool.Pool`, so ``stats()``, listeners and the
+metrics exporters work on it too.
 
 Exceptions inherit from both syncpool's and psycopg_pool's classes (psycopg's ``OperationalError`` when
 psycopg_pool is not installed), so ``except psycopg_pool.PoolTimeout``, ``except psycopg.OperationalError`` and
@@ -18,7 +20,8 @@ psycopg_pool is not installed), so ``except psycopg_pool.PoolTimeout``, ``except
 
     syncpool.PoolTimeout, psycopg_pool.PoolTimeout
     └── PoolTimeout
-        ├── AuthError         (also syncpool.AuthError) the server refused the credentials: raised at once
+        ├── ConnectRejected   (also syncpool.ConnectRejected) the server rejected the connection: raised at once
+        │   └── AuthError     (also syncpool.AuthError) the server refused the credentials: raised at once
         └── PoolUnavailable   (also syncpool.PoolUnavailable) the circuit breaker is open (opt-in)
     syncpool.PoolClosed, psycopg_pool.PoolClosed
     └── PoolClosed
@@ -29,18 +32,35 @@ psycopg_pool is not installed), so ``except psycopg_pool.PoolTimeout``, ``except
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 from psycopg.pq import TransactionStatus
 
 from syncpool import errors as _errors
+from syncpool.connector import Connector
 from syncpool.connectors.postgres import PostgresConnector
 from syncpool.pool import Pool
+from syncpool.states import PoolState
+
+if sys.version_info >= (3, 13):
+    from typing import TypeVar
+else:  # a TypeVar with a default (PEP 696); psycopg requires typing_extensions before 3.13
+    from typing_extensions import TypeVar
+
+if TYPE_CHECKING:
+    from psycopg.rows import TupleRow  # noqa: F401 - named by CT's default
+    from typing_extensions import Self
+
+    from syncpool.leasing import Lease
+    from syncpool.members import Member
 
 try:  # psycopg_pool is optional: without it the exceptions derive from psycopg.OperationalError, as its own do.
     import psycopg_pool as _psycopg_pool
@@ -51,11 +71,31 @@ try:  # psycopg_pool is optional: without it the exceptions derive from psycopg.
 except ImportError:  # pragma: no cover - exercised only without psycopg_pool
     _PgPoolTimeout = _PgPoolClosed = _PgTooManyRequests = psycopg.OperationalError
 
-__all__ = ["AuthError", "ConnectionPool", "PoolClosed", "PoolTimeout", "PoolUnavailable", "TooManyRequests"]
+__all__ = [
+    "AuthError", "ConnectRejected", "ConnectionPool", "NullConnectionPool", "PoolClosed", "PoolTimeout",
+    "PoolUnavailable", "TooManyRequests",
+]
 
-logger = logging.getLogger("syncpool")
+#: psycopg_pool's logger: the pools here log on it, at psycopg_pool's levels, so that logging set up for psycopg_pool
+#: keeps working.
+LOGGER_NAME = "psycopg.pool"
+logger = logging.getLogger(LOGGER_NAME)
 
-ConnectionCB = Callable[[Any], object]
+#: The connection class of a pool, as in psycopg_pool: ``ConnectionPool[MyConnection]``.
+CT = TypeVar("CT", bound="psycopg.Connection[Any]", default="psycopg.Connection[TupleRow]")
+
+ConnectionCB = Callable[[CT], object]
+
+NEW, OPEN = PoolState.NEW, PoolState.OPEN
+_IDLE, _ACTIVE = TransactionStatus.IDLE, TransactionStatus.ACTIVE
+_ROLLBACK = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+_REUSABLE = frozenset({TransactionStatus.IDLE, TransactionStatus.INTRANS, TransactionStatus.INERROR})
+
+# The default connection_class (typed Any: it is the class of the default connection type, CT's default).
+_DEFAULT_CONNECTION_CLASS: Any = psycopg.Connection
+
+# max_size of a NullConnectionPool created with max_size=0 (no bound), in the core's terms.
+_UNBOUNDED = 2**31 - 1
 
 
 class PoolTimeout(_errors.PoolTimeout, _PgPoolTimeout):  # type: ignore[misc, valid-type]
@@ -76,7 +116,14 @@ class TooManyRequests(_errors.TooManyWaiters, _PgTooManyRequests):  # type: igno
     __module__ = "syncpool.postgres"
 
 
-class AuthError(_errors.AuthError, PoolTimeout):
+class ConnectRejected(_errors.ConnectRejected, PoolTimeout):
+    """The server rejected the connection for a reason retrying cannot fix (an unknown database, a ``configure``
+    that leaves a transaction open); raised at once where psycopg_pool would time out, so it is a PoolTimeout."""
+
+    __module__ = "syncpool.postgres"
+
+
+class AuthError(_errors.AuthError, ConnectRejected):
     """The server refused the credentials; raised at once instead of a :class:`PoolTimeout` at the deadline."""
 
     __module__ = "syncpool.postgres"
@@ -88,29 +135,48 @@ class PoolUnavailable(_errors.PoolUnavailable, PoolTimeout):
     __module__ = "syncpool.postgres"
 
 
-# Most specific first: the first match decides.
-_TRANSLATIONS: tuple[tuple[type[_errors.PoolError], type[_errors.PoolError]], ...] = (
-    (_errors.AuthError, AuthError),
-    (_errors.PoolUnavailable, PoolUnavailable),
-    (_errors.PoolTimeout, PoolTimeout),
-    (_errors.PoolClosed, PoolClosed),
-    (_errors.TooManyWaiters, TooManyRequests),
-)
-_COMPAT = (AuthError, PoolUnavailable, PoolTimeout, PoolClosed, TooManyRequests)
+_COMPAT = (AuthError, ConnectRejected, PoolUnavailable, PoolTimeout, PoolClosed, TooManyRequests)
 
 
-def _translate(error: _errors.PoolError) -> BaseException:
-    """Return the compatible exception for a core one (itself if it has none); raise it ``from error.__cause__``."""
-    if isinstance(error, _COMPAT):
-        return error
-    for core_class, compat_class in _TRANSLATIONS:
-        if isinstance(error, core_class):
-            return compat_class(*error.args)
-    return error
+class _Requests:
+    """What ``getconn()`` did that the core's counters cannot tell: for psycopg_pool's ``requests_*`` statistics.
+
+    Counted on the failure paths only (a served request costs nothing here), under a lock of their own, and read
+    since the last pop like the core's counters.
+    """
+
+    __slots__ = ("_lock", "_counts", "_popped")
+
+    KEYS = (
+        "failed",  # getconn() calls that raised, for any reason
+        "errors",  # of those, the ones psycopg_pool counts as errors: all but a pool closed before the call
+        "checks_failed",  # connections that failed the check callback on lease (each a lease the core counted)
+        "internal",  # leases NullConnectionPool.wait() took to test the connection (not requests)
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(self.KEYS, 0)
+        self._popped = dict.fromkeys(self.KEYS, 0)
+
+    def add(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._counts[key] += 1
+
+    def since_pop(self, *, mark: bool) -> dict[str, int]:
+        """The counts since the previous pop; with ``mark``, this is a pop."""
+        with self._lock:
+            counts = dict(self._counts)
+            since = {key: counts[key] - self._popped[key] for key in self.KEYS}
+            if mark:
+                self._popped = counts
+        return since
 
 
 class _CompatConnector(PostgresConnector):
-    """A :class:`PostgresConnector` taking psycopg_pool's ``connection_class``, ``kwargs``, ``check`` and ``reset``."""
+    """A :class:`PostgresConnector` with psycopg_pool's ``connection_class``, ``kwargs``, ``configure``, ``check``
+    and ``reset`` rules and its return-path log lines."""
 
     def __init__(
         self,
@@ -118,15 +184,29 @@ class _CompatConnector(PostgresConnector):
         *,
         kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
         connection_class: type[psycopg.Connection[Any]],
-        configure: ConnectionCB | None,
-        check: ConnectionCB | None,
-        reset: ConnectionCB | None,
+        configure: Callable[[Any], object] | None,
+        check: Callable[[Any], object] | None,
+        reset: Callable[[Any], object] | None,
     ) -> None:
         static_kwargs = dict(kwargs) if kwargs is not None and not callable(kwargs) else {}
-        super().__init__(conninfo, configure=configure, connection_class=connection_class, **static_kwargs)
+        # configure runs in _connected(), with psycopg_pool's rule, rather than in PostgresConnector's (which
+        # commits a transaction configure left open).
+        super().__init__(conninfo, connection_class=connection_class, **static_kwargs)
         self._kwargs_factory = kwargs if callable(kwargs) else None
+        self._configure_callback = configure
         self._check_callback = check
         self._reset_callback = reset
+        self._owner: Callable[[], ConnectionPool[Any] | None] = lambda: None
+        self._pool_name = "?"
+
+    def attach(self, pool: ConnectionPool[Any]) -> None:
+        """Know the pool (weakly: it owns this connector) for ``_pool`` marks, log lines and its state."""
+        self._owner = weakref.ref(pool)
+        self._pool_name = pool.name
+
+    def _returning_to_closed_pool(self) -> bool:
+        pool = self._owner()
+        return pool is None or pool.closed
 
     def _resolve_arguments(self) -> tuple[str, dict[str, Any]]:
         """As :class:`PostgresConnector` does, plus psycopg_pool's ``kwargs`` when it is a callable."""
@@ -136,30 +216,82 @@ class _CompatConnector(PostgresConnector):
         return conninfo, kwargs
 
     def _connected(self, conn: psycopg.Connection[Any]) -> None:
-        """Mark the connection as pooled (``_pool``), as psycopg_pool does: psycopg then neither warns when it is
-        garbage collected open nor closes it at the end of a ``with conn:`` block while it is leased."""
-        conn._pool = None
+        """Run ``configure`` with the connection marked as the pool's, as psycopg_pool does (a ``with conn:`` in it
+        then does not close it), and refuse a connection it leaves in a transaction or an error."""
+        configure = self._configure_callback
+        conn._pool = self._owner()  # type: ignore[assignment]  # psycopg only reads it with getattr()
+        try:
+            if configure is None:
+                return
+            configure(conn)
+            status = conn.pgconn.transaction_status
+            if status != _IDLE:
+                raise psycopg.ProgrammingError(
+                    f"connection left in status {TransactionStatus(status).name} by configure function "
+                    f"{configure}: discarded"
+                )
+        finally:
+            # Marked as pooled but not leased: psycopg neither warns when it is collected open nor closes it at the
+            # end of a ``with conn:`` block, and close_returns finds no pool to return it to.
+            conn._pool = None
 
     def check(self, client: psycopg.Connection[Any]) -> None:
         """Run the pool's ``check`` callback if it has one, else ``SELECT 1`` bounded by ``check_timeout``."""
-        if self._check_callback is not None:
-            self._check_callback(client)
-        else:
+        if self._check_callback is None:
             super().check(client)
+            return
+        try:
+            self._check_callback(client)
+        except Exception as error:
+            logger.info("connection failed check: %s (pool %r)", error, self._pool_name)
+            raise
+
+    def is_broken(self, client: psycopg.Connection[Any]) -> bool:
+        """True for a connection returned mid-command (``ACTIVE``), closed or broken, with psycopg_pool's warning.
+
+        A connection returned to a closed pool is closed whatever its state, without a word, as in psycopg_pool.
+        """
+        status = client.pgconn.transaction_status
+        if status in _REUSABLE or self._returning_to_closed_pool():
+            return False
+        if status == _ACTIVE:
+            logger.warning("closing returned connection: %s (pool %r)", client, self._pool_name)
+        else:
+            logger.warning("discarding closed connection: %s (pool %r)", client, self._pool_name)
+        return True
 
     def reset(self, client: psycopg.Connection[Any]) -> None:
-        """Roll back a transaction left open (with a warning), then run the pool's ``reset`` callback, which must
-        leave the connection idle: otherwise the connection is discarded."""
-        super().reset(client)
-        if self._reset_callback is None:
+        """Roll back a transaction left open or failed (with psycopg_pool's warning), then run the ``reset``
+        callback, which must leave the connection idle. Raising discards the connection."""
+        rollback = client.pgconn.transaction_status in _ROLLBACK
+        if not rollback and self._reset_callback is None:
+            return  # nearly every return: idle, nothing to reset
+        if self._returning_to_closed_pool():
+            return  # it is closed next, as in psycopg_pool: nothing to roll back or reset
+        if rollback:
+            logger.warning("rolling back returned connection: %s (pool %r)", client, self._pool_name)
+            try:
+                client.rollback()
+            except Exception as error:
+                logger.warning(
+                    "rollback failed: %s: %s. Discarding connection %s (pool %r)",
+                    type(error).__name__, error, client, self._pool_name,
+                )
+                raise
+        reset = self._reset_callback
+        if reset is None:
             return
-        self._reset_callback(client)
-        status = client.pgconn.transaction_status
-        if status != TransactionStatus.IDLE:
-            raise psycopg.ProgrammingError(
-                f"connection left in status {TransactionStatus(status).name} by reset function "
-                f"{self._reset_callback!r}: discarded"
-            )
+        try:
+            reset(client)
+            status = client.pgconn.transaction_status
+            if status != _IDLE:
+                raise psycopg.ProgrammingError(
+                    f"connection left in status {TransactionStatus(status).name} by reset function {reset}: "
+                    "discarded"
+                )
+        except Exception as error:
+            logger.warning("error resetting connection: %s (pool %r)", error, self._pool_name)
+            raise
 
     def close(self, client: psycopg.Connection[Any]) -> None:
         """Close the connection for good (clearing ``_pool`` first, so ``close_returns`` cannot send it back)."""
@@ -167,12 +299,13 @@ class _CompatConnector(PostgresConnector):
         client.close()
 
 
-class ConnectionPool(Pool["psycopg.Connection[Any]"]):
-    """A pool of psycopg connections with the API of ``psycopg_pool.ConnectionPool``.
+class ConnectionPool(Pool[CT]):
+    """A pool of psycopg connections with the API and behaviour of ``psycopg_pool.ConnectionPool``.
 
-    It is a :class:`syncpool.Pool` whose connector is a :class:`~syncpool.connectors.PostgresConnector`; what the
-    arguments below do is psycopg_pool's documented behaviour, and where syncpool does something else the
-    migration guide says so.
+    Generic in the connection class as psycopg_pool's is: ``ConnectionPool[MyConnection]`` is valid at run time,
+    and type checkers infer it from ``connection_class``. It is a :class:`syncpool.Pool` whose connector is a
+    :class:`~syncpool.connectors.PostgresConnector`; what the arguments below do is psycopg_pool's documented
+    behaviour, and where syncpool does something else the migration guide says so.
 
     Args:
         conninfo: libpq connection string, or a callable returning one (called at every connect).
@@ -182,9 +315,11 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
         max_size: Most connections at once; None means ``min_size``. Defaults to None.
         open: Open at construction. None (the default) opens too, but like psycopg_pool warns at the first
             ``getconn()``/``wait()`` that the default will become False; pass True or False, or use ``with``.
-        configure: Called with each new connection before it is used.
-        check: Called with a connection before each ``getconn()`` hands it out; if it raises, the connection is
-            discarded and another one is tried. ``ConnectionPool.check_connection`` is a ready-made one.
+        configure: Called with each new connection before it is used; it must leave the connection idle (commit
+            what it ran), else the connection is discarded and the pool reports :class:`ConnectRejected`.
+        check: Called with a connection before each ``getconn()`` hands it out (new, idle and handed-over ones
+            alike); if it raises, the connection is discarded and another one is tried until the timeout.
+            ``ConnectionPool.check_connection`` is a ready-made one.
         reset: Called with each returned connection, after a transaction left open was rolled back; it must leave
             the connection idle, else the connection is discarded.
         name: Name of the pool, in thread names and log lines. Defaults to ``pool-<n>``.
@@ -199,23 +334,27 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
         num_workers: Background worker threads. Defaults to 3.
         health_check_interval: syncpool only: seconds between background health passes over idle connections;
             None (the default, as psycopg_pool has none) disables them.
+        health_check_timeout: syncpool only: seconds a ``check`` (or a health check) may take before the connection
+            is given up as failed. Defaults to 5.0.
         breaker_threshold: syncpool only: consecutive connect failures after which leases fail fast with
             :class:`PoolUnavailable`; None (the default, psycopg_pool's behaviour: wait for the timeout) disables it.
         leak_threshold: syncpool only: seconds after which a lease still out is logged as a probable leak.
     """
 
+    _logger_name = LOGGER_NAME
+
     def __init__(
         self,
         conninfo: str | Callable[[], str] = "",
         *,
-        connection_class: type[psycopg.Connection[Any]] = psycopg.Connection,
+        connection_class: type[CT] = _DEFAULT_CONNECTION_CLASS,
         kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
         min_size: int = 4,
         max_size: int | None = None,
         open: bool | None = None,
-        configure: ConnectionCB | None = None,
-        check: ConnectionCB | None = None,
-        reset: ConnectionCB | None = None,
+        configure: ConnectionCB[CT] | None = None,
+        check: ConnectionCB[CT] | None = None,
+        reset: ConnectionCB[CT] | None = None,
         name: str | None = None,
         close_returns: bool = False,
         timeout: float = 30.0,
@@ -223,13 +362,14 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
         max_lifetime: float = 60 * 60.0,
         max_idle: float = 10 * 60.0,
         reconnect_timeout: float = 5 * 60.0,
-        reconnect_failed: Callable[[ConnectionPool], object] | None = None,
+        reconnect_failed: Callable[[ConnectionPool[Any]], object] | None = None,
         num_workers: int = 3,
         health_check_interval: float | None = None,
+        health_check_timeout: float = 5.0,
         breaker_threshold: int | None = None,
         leak_threshold: float | None = None,
     ) -> None:
-        min_size, max_size = _check_size(min_size, max_size)
+        min_size, max_size = self._check_size(min_size, max_size)
         for label, callback in (("configure", configure), ("check", check), ("reset", reset)):
             if callback is not None and not callable(callback):
                 raise TypeError(
@@ -246,6 +386,7 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
         self._num_workers = num_workers
         self.close_returns = close_returns
         self._open_implicit = False
+        self._requests = _Requests()
         connector = _CompatConnector(
             conninfo,
             kwargs=kwargs,
@@ -255,9 +396,9 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
             reset=reset,
         )
         super().__init__(
-            connector,
+            cast("Connector[CT]", connector),
             min_size=min_size,
-            max_size=max_size,
+            max_size=self._core_max_size(max_size),
             timeout=timeout,
             max_waiting=max_waiting,
             max_lifetime=max_lifetime,
@@ -270,10 +411,14 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
             # A plain function, not a bound method: the pool keeps no reference cycle through its own callback.
             reconnect_failed=_call_reconnect_failed,
             health_check_interval=health_check_interval,
-            # psycopg_pool runs ``check`` on every getconn; without one, a lease is never checked.
+            health_check_timeout=health_check_timeout,
+            # psycopg_pool runs ``check`` before every hand-out: 0 checks every member leased, new and handed-over
+            # ones included; without a check, a lease is never checked.
             check_after_idle=0.0 if check is not None else None,
             breaker_threshold=breaker_threshold,
+            idle_order="fifo",  # psycopg_pool's: every connection in turn
         )
+        connector.attach(self)
         if open is None:
             open = self._open_implicit = True
         if open:
@@ -292,7 +437,7 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
         return self._kwargs
 
     @property
-    def connection_class(self) -> type[psycopg.Connection[Any]]:
+    def connection_class(self) -> type[CT]:
         """The class whose ``connect()`` makes the connections."""
         return self._connection_class
 
@@ -306,12 +451,15 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         """Open the pool and start filling it; with ``wait``, block as :meth:`wait` does.
 
-        Calling it on an open pool does nothing; a closed pool cannot be reopened (:class:`PoolClosed`).
+        Calling it on an open pool does nothing; a pool that was open and closed cannot be reopened
+        (:class:`PoolClosed`), but one closed before it was ever opened can be.
         """
+        if self.state is not NEW and self.closed:
+            raise PoolClosed(f"pool has already been opened/closed and cannot be reused (pool {self.name!r})")
         try:
             super().open()
-        except _errors.PoolError as error:
-            raise _translate(error) from error.__cause__
+        except _errors.PoolError as error:  # closed by another thread meanwhile
+            raise self._compat_error(error) from error.__cause__
         if wait:
             self.wait(timeout)
 
@@ -320,23 +468,38 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
 
         Raises:
             PoolTimeout: Not ready within ``timeout``; the pool is closed first, as psycopg_pool does.
-            AuthError: The server refused the credentials (at once); the pool is closed first.
+            AuthError, ConnectRejected: The server refused the credentials or the connection (at once); the pool
+                is closed first.
             PoolClosed: The pool is not open.
         """
-        self._warn_if_open_implicit()
+        self._check_open_getconn()
+        self._log.info("waiting for pool %r initialization", self.name)
         try:
             super().wait(timeout)
         except _errors.PoolError as error:
-            if isinstance(error, (_errors.PoolTimeout, _errors.AuthError)):
-                self.close()
-            raise _translate(error) from error.__cause__
+            raise self._failed_wait(error, timeout) from error.__cause__
+        self._log.info("pool %r is ready to use", self.name)
+
+    def _failed_wait(self, error: _errors.PoolError, timeout: float) -> BaseException:
+        """Close the pool after a failed :meth:`wait`, as psycopg_pool does, and return the error to raise."""
+        if isinstance(error, (_errors.PoolTimeout, _errors.ConnectRejected)):
+            self.close()
+        if type(error) is _errors.PoolTimeout:
+            return PoolTimeout(f"pool initialization incomplete after {timeout} sec; {error}")
+        return self._compat_error(error)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Close the pool: waiting and future requests get :class:`PoolClosed`; leased connections are closed when
-        returned. Waits up to ``timeout`` seconds for leases and background threads."""
-        super().close(timeout)
+        """Close the pool: waiting and future requests get :class:`PoolClosed`, idle connections are closed now and
+        leased ones when they are returned; the call does not wait for them.
 
-    def __enter__(self) -> ConnectionPool:
+        Waits up to ``timeout`` seconds for the background threads. Closing a pool that is not open does nothing.
+        Safe to call from a thread that holds a connection.
+        """
+        if self.closed:
+            return  # as psycopg_pool: closed, or never opened (which can then still be opened)
+        self._close(lease_timeout=0.0, thread_timeout=max(0.0, float(timeout)))
+
+    def __enter__(self) -> Self:
         self._open_implicit = False
         self.open()
         return self
@@ -346,7 +509,13 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
     ) -> None:
         self.close()
 
-    def _warn_if_open_implicit(self) -> None:
+    def _check_open_getconn(self) -> None:
+        """Raise :class:`PoolClosed` unless the pool is open; warn once if it was opened by the implicit default."""
+        state = self.state
+        if state is not OPEN:
+            if state is NEW:
+                raise PoolClosed(f"the pool {self.name!r} is not open yet")
+            raise PoolClosed(f"the pool {self.name!r} is already closed")
         if self._open_implicit:
             self._open_implicit = False
             warnings.warn(
@@ -360,7 +529,7 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
     # -- leasing ---------------------------------------------------------------------------------------------------
 
     @contextmanager
-    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:  # type: ignore[override]
+    def connection(self, timeout: float | None = None) -> Iterator[CT]:  # type: ignore[override]
         """Lease a connection for a ``with`` block: on exit commit (or roll back if the block raised), then return.
 
         A connection found broken on return is replaced.
@@ -372,29 +541,37 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
         finally:
             self.putconn(conn)
 
-    def getconn(self, timeout: float | None = None) -> psycopg.Connection[Any]:
+    def getconn(self, timeout: float | None = None) -> CT:
         """Lease a connection, waiting up to ``timeout`` (default: the pool's ``timeout``); return it with
-        :meth:`putconn`.
+        :meth:`putconn`. With a ``check`` callback, the connection passed it just now.
 
         Raises:
             PoolTimeout: No connection in time (``__cause__`` is the last connect error, if any).
             TooManyRequests: ``max_waiting`` requests already wait.
             PoolClosed: The pool is closed or not open.
-            AuthError: The server refused the credentials.
+            AuthError, ConnectRejected: The server refused the credentials or the connection.
         """
-        if self._open_implicit:
-            self._warn_if_open_implicit()
+        if self._open_implicit or self.closed:
+            try:
+                self._check_open_getconn()
+            except PoolClosed:
+                self._requests.add("failed")
+                raise
         try:
             conn = super().getconn(timeout)
         except _errors.PoolError as error:
-            raise _translate(error) from error.__cause__
+            self._requests.add("failed", "errors")
+            raise self._compat_error(error, timeout) from error.__cause__
+        except BaseException:
+            self._requests.add("failed")
+            raise
         # Marks the lease for psycopg: ``with conn:`` then does not close it, and close_returns can find the pool.
         conn._pool = self  # type: ignore[assignment]  # psycopg only reads it with getattr()
         return conn
 
-    def putconn(self, conn: psycopg.Connection[Any]) -> None:
+    def putconn(self, conn: CT) -> None:
         """Return a connection from :meth:`getconn`: a transaction left open is rolled back (with a warning), the
-        ``reset`` callback runs, and a broken connection is replaced.
+        ``reset`` callback runs, and a broken connection is replaced. After :meth:`close`, it is closed.
 
         Raises:
             ValueError: ``conn`` does not come from this pool (or was already returned).
@@ -410,19 +587,68 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
             )
             raise ValueError(f"can't return connection to pool {self.name!r}, {source}: {conn}") from None
 
+    def _discard_checked(self, lease: Lease[Any], member: Member, verdict: BaseException) -> None:
+        """A connection failed the ``check`` callback on lease: as the core does, and count it, since the core counts
+        the lease that brought it and psycopg_pool counts one request per ``getconn()``."""
+        self._requests.add("checks_failed")
+        super()._discard_checked(lease, member, verdict)
+
+    def _compat_error(self, error: _errors.PoolError, timeout: float | None = None) -> BaseException:
+        """The exception to raise, with psycopg_pool's class and phrase, for an error of the core."""
+        if isinstance(error, _COMPAT):
+            return error
+        name = self.name
+        if isinstance(error, _errors.AuthError):
+            return AuthError(*error.args)
+        if isinstance(error, _errors.ConnectRejected):
+            return ConnectRejected(*error.args)
+        if isinstance(error, _errors.PoolUnavailable):
+            return PoolUnavailable(*error.args)
+        if isinstance(error, _errors.PoolTimeout):
+            seconds = self.timeout if timeout is None else timeout
+            return PoolTimeout(f"couldn't get a connection after {seconds:.2f} sec; {error}")
+        if isinstance(error, _errors.PoolClosed):
+            return PoolClosed(f"the pool {name!r} is closed")
+        if isinstance(error, _errors.TooManyWaiters):
+            return TooManyRequests(
+                f"the pool {name!r} has already {self.max_waiting} requests waiting"
+            )
+        return error
+
     # -- maintenance -----------------------------------------------------------------------------------------------
+
+    def _check_size(self, min_size: int, max_size: int | None) -> tuple[int, int]:
+        """psycopg_pool's size rules: ``max_size`` None means ``min_size``; both 0 is refused."""
+        if max_size is None:
+            max_size = min_size
+        for label, value in (("min_size", min_size), ("max_size", max_size)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{label} must be an int, not {type(value).__name__}")
+        if min_size < 0:
+            raise ValueError("min_size cannot be negative")
+        if max_size < min_size:
+            raise ValueError("max_size must be greater or equal than min_size")
+        if min_size == max_size == 0:
+            raise ValueError("if min_size is 0 max_size must be greater than 0")
+        return min_size, max_size
+
+    def _core_max_size(self, max_size: int) -> int:
+        """``max_size`` in the core's terms."""
+        return max_size
 
     def resize(self, min_size: int, max_size: int | None = None) -> None:  # type: ignore[override]
         """Change the bounds; ``max_size=None`` means ``min_size``, as in the constructor."""
-        min_size, max_size = _check_size(min_size, max_size)
-        super().resize(min_size, max_size)
+        min_size, max_size = self._check_size(min_size, max_size)
+        super().resize(min_size, self._core_max_size(max_size))
 
     def drain(self) -> None:
-        """Replace every connection: idle ones now, leased ones when they are returned."""
-        self.reload()
+        """Replace every connection: idle ones now, leased ones when they are returned. Nothing to do when the pool
+        is not open."""
+        if not self.closed:
+            self.reload()
 
     @staticmethod
-    def check_connection(conn: psycopg.Connection[Any]) -> None:
+    def check_connection(conn: CT) -> None:
         """Run an empty query, in autocommit mode; raise if the connection does not work. Usable as ``check=``."""
         if conn.autocommit:
             conn.execute("")
@@ -445,50 +671,144 @@ class ConnectionPool(Pool["psycopg.Connection[Any]"]):
     def get_stats(self) -> dict[str, int]:
         """Return psycopg_pool's statistics since the last :meth:`pop_stats` (see the migration guide for how each is
         counted). :meth:`syncpool.Pool.stats` keeps counting since the pool was created."""
-        return _psycopg_stats(self._snapshot(since_pop=True, mark=False))
+        return self._psycopg_stats(self._snapshot(since_pop=True, mark=False), self._requests.since_pop(mark=False))
 
     def pop_stats(self) -> dict[str, int]:
         """Return :meth:`get_stats` and start its counters again from zero (the ``pool_*`` and ``requests_waiting``
         gauges are the state now). Only these views start again: :meth:`syncpool.Pool.stats` and the exporters
         never go backwards."""
-        return _psycopg_stats(self._snapshot(since_pop=True, mark=True))
+        return self._psycopg_stats(self._snapshot(since_pop=True, mark=True), self._requests.since_pop(mark=True))
+
+    def _psycopg_stats(self, stats: Mapping[str, Any], requests: Mapping[str, int]) -> dict[str, int]:
+        """psycopg_pool's keys, from the core's counters and the request outcomes counted here. Every key is always
+        present (psycopg_pool leaves out counters that are still zero)."""
+        discards = stats["discards"]
+        served = stats["leases_total"] - requests["checks_failed"] - requests["internal"]
+        return {
+            "pool_min": stats["min_size"],
+            "pool_max": self.max_size,
+            "pool_size": stats["size"],
+            "pool_available": stats["idle"],
+            "requests_waiting": stats["waiting"],
+            "requests_num": served + requests["failed"],
+            "requests_queued": stats["leases_waited"] + stats["lease_timeouts"],
+            "requests_wait_ms": int(stats["wait_ms_total"] + stats["timeout_wait_ms_total"]),
+            "requests_errors": requests["errors"],
+            "usage_ms": int(stats["use_ms_total"]),
+            "returns_bad": discards["broken"] + discards["reset_failed"],
+            "connections_num": stats["connections_created"] + stats["connect_errors"],
+            "connections_ms": int(stats["connect_ms_total"]),
+            "connections_errors": stats["connect_errors"],
+            "connections_lost": discards["check_failed"],
+        }
+
+
+class NullConnectionPool(ConnectionPool[CT]):
+    """A :class:`ConnectionPool` that keeps no idle connection, as ``psycopg_pool.NullConnectionPool``.
+
+    Each request gets a new connection (or one another request is returning, if it is queued for one), and a
+    returned connection nobody waits for is closed. ``min_size`` must be 0; ``max_size`` bounds the connections
+    open at once, 0 (the default) meaning no bound; ``max_waiting`` bounds the requests queued. It takes the
+    arguments of :class:`ConnectionPool` (``close_returns`` is always False, as in psycopg_pool) and has its
+    methods; :meth:`wait` opens one connection to test that the server can be reached, and closes it.
+    """
+
+    def __init__(
+        self,
+        conninfo: str | Callable[[], str] = "",
+        *,
+        connection_class: type[CT] = _DEFAULT_CONNECTION_CLASS,
+        kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+        min_size: int = 0,
+        max_size: int | None = None,
+        open: bool | None = None,
+        configure: ConnectionCB[CT] | None = None,
+        check: ConnectionCB[CT] | None = None,
+        reset: ConnectionCB[CT] | None = None,
+        name: str | None = None,
+        close_returns: bool = False,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 60 * 60.0,
+        max_idle: float = 10 * 60.0,
+        reconnect_timeout: float = 5 * 60.0,
+        reconnect_failed: Callable[[ConnectionPool[Any]], object] | None = None,
+        num_workers: int = 3,
+        health_check_interval: float | None = None,
+        health_check_timeout: float = 5.0,
+        breaker_threshold: int | None = None,
+        leak_threshold: float | None = None,
+    ) -> None:
+        super().__init__(
+            conninfo, connection_class=connection_class, kwargs=kwargs, min_size=min_size, max_size=max_size,
+            open=open, configure=configure, check=check, reset=reset, name=name,
+            close_returns=False,  # as psycopg_pool: a connection closed by its user is not worth returning
+            timeout=timeout, max_waiting=max_waiting, max_lifetime=max_lifetime, max_idle=max_idle,
+            reconnect_timeout=reconnect_timeout, reconnect_failed=reconnect_failed, num_workers=num_workers,
+            health_check_interval=health_check_interval, health_check_timeout=health_check_timeout,
+            breaker_threshold=breaker_threshold, leak_threshold=leak_threshold,
+        )
+
+    @property
+    def max_size(self) -> int:
+        """Most connections open at once; 0 means no bound."""
+        size = super().max_size
+        return 0 if size == _UNBOUNDED else size
+
+    def _check_size(self, min_size: int, max_size: int | None) -> tuple[int, int]:
+        """psycopg_pool's null-pool rules: ``min_size`` must be 0; ``max_size`` None or 0 means no bound."""
+        if max_size is None:
+            max_size = min_size
+        for label, value in (("min_size", min_size), ("max_size", max_size)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{label} must be an int, not {type(value).__name__}")
+        if min_size != 0:
+            raise ValueError("null pools must have min_size = 0")
+        if max_size < min_size:
+            raise ValueError("max_size must be greater or equal than min_size")
+        return min_size, max_size
+
+    def _core_max_size(self, max_size: int) -> int:
+        return max_size or _UNBOUNDED
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Open one connection to test that the server can be reached (it is not kept); as psycopg_pool's.
+
+        Raises:
+            PoolTimeout: No connection within ``timeout``; the pool is closed first.
+            AuthError, ConnectRejected: The server refused the credentials or the connection (at once); the pool
+                is closed first.
+            PoolClosed: The pool is not open.
+        """
+        self._check_open_getconn()
+        self._log.info("waiting for pool %r initialization", self.name)
+        try:
+            conn = Pool.getconn(self, timeout)  # the core's lease: connects, retrying, until the timeout
+        except _errors.PoolError as error:
+            raise self._failed_wait(error, timeout) from error.__cause__
+        self._requests.add("internal")  # the core counted a lease, not a request
+        Pool.putconn(self, conn)
+        self._close_idle()
+        self._log.info("pool %r is ready to use", self.name)
+
+    def putconn(self, conn: CT) -> None:
+        """Return a connection from :meth:`getconn`: it goes to the oldest queued request if there is one (after
+        the rollback and ``reset`` of :meth:`ConnectionPool.putconn`), else it is closed."""
+        super().putconn(conn)
+        self._close_idle()
+
+    def _close_idle(self) -> None:
+        """Close every idle connection: a null pool keeps none (the core has no option for that, so this retires
+        them from the inventory the way ``Pool.resize`` does)."""
+        inventory = self._inv
+        with inventory.lock:
+            # Decide: every idle member goes; the one just returned was handed to a waiter already if one queued.
+            idle, inventory.idle = inventory.idle, []
+            for member in idle:
+                inventory.retire(member, "idle")
+        if idle:
+            self._grower.close_retired()
 
 
 def _call_reconnect_failed(pool: Pool[Any]) -> None:
-    cast(ConnectionPool, pool).reconnect_failed()
-
-
-def _check_size(min_size: int, max_size: int | None) -> tuple[int, int]:
-    """psycopg_pool's size rules: ``max_size`` None means ``min_size``; both 0 is refused."""
-    if max_size is None:
-        max_size = min_size
-    if min_size < 0:
-        raise ValueError("min_size cannot be negative")
-    if max_size < min_size:
-        raise ValueError("max_size must be greater or equal than min_size")
-    if min_size == max_size == 0:
-        raise ValueError("if min_size is 0 max_size must be greater than 0")
-    return min_size, max_size
-
-
-def _psycopg_stats(stats: Mapping[str, Any]) -> dict[str, int]:
-    """Map :meth:`syncpool.Pool.stats` to psycopg_pool's keys. All keys are always present (psycopg_pool leaves
-    out counters that are still zero)."""
-    discards = stats["discards"]
-    return {
-        "pool_min": stats["min_size"],
-        "pool_max": stats["max_size"],
-        "pool_size": stats["size"],
-        "pool_available": stats["idle"],
-        "requests_waiting": stats["waiting"],
-        "requests_num": stats["leases_total"] + stats["lease_timeouts"] + stats["too_many_waiters"],
-        "requests_queued": stats["leases_waited"] + stats["lease_timeouts"],
-        "requests_wait_ms": int(stats["wait_ms_total"]),
-        "requests_errors": stats["lease_timeouts"] + stats["too_many_waiters"],
-        "usage_ms": int(stats["use_ms_total"]),
-        "returns_bad": discards["broken"] + discards["reset_failed"],
-        "connections_num": stats["connections_created"] + stats["connect_errors"],
-        "connections_ms": int(stats["connect_ms_total"]),
-        "connections_errors": stats["connect_errors"],
-        "connections_lost": discards["check_failed"],
-    }
+    cast("ConnectionPool[Any]", pool).reconnect_failed()

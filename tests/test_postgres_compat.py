@@ -22,6 +22,7 @@ import syncpool
 from syncpool.postgres import (
     AuthError,
     ConnectionPool,
+    ConnectRejected,
     PoolClosed,
     PoolTimeout,
     PoolUnavailable,
@@ -88,9 +89,12 @@ def test_exceptions_are_catchable_as_psycopg_pool_psycopg_and_syncpool_ones() ->
     assert issubclass(TooManyRequests, syncpool.TooManyWaiters)
     assert issubclass(AuthError, syncpool.AuthError)
     assert issubclass(AuthError, psycopg_pool.PoolTimeout)
+    assert issubclass(AuthError, ConnectRejected)
+    assert issubclass(ConnectRejected, syncpool.ConnectRejected)
+    assert issubclass(ConnectRejected, psycopg_pool.PoolTimeout)
     assert issubclass(PoolUnavailable, syncpool.PoolUnavailable)
     assert issubclass(PoolUnavailable, psycopg_pool.PoolTimeout)
-    for cls in (PoolTimeout, PoolClosed, TooManyRequests, AuthError, PoolUnavailable):
+    for cls in (PoolTimeout, PoolClosed, TooManyRequests, AuthError, ConnectRejected, PoolUnavailable):
         assert issubclass(cls, syncpool.PoolError)
         assert issubclass(cls, psycopg.Error)
         assert cls.__doc__
@@ -255,10 +259,13 @@ def test_putconn_rolls_back_an_open_transaction(postgres_server: Any, table: str
         conn = pool.getconn()
         conn.execute(f"INSERT INTO {table} VALUES (1)")
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
-        with caplog.at_level(logging.WARNING, logger="syncpool"):
+        with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
             pool.putconn(conn)
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        assert any("rolling back" in record.getMessage() for record in caplog.records)
+        assert any(
+            record.name == "psycopg.pool" and "rolling back returned connection" in record.getMessage()
+            for record in caplog.records
+        )
         assert pool.getconn() is conn  # kept
         pool.putconn(conn)
     assert postgres_server.execute(f"SELECT count(*) FROM {table}") == [(0,)]
@@ -326,6 +333,7 @@ def test_configure_is_called_once_per_connection(postgres_server: Any) -> None:
 
     def configure(conn: psycopg.Connection[Any]) -> None:
         conn.execute("SET application_name = 'configured'")
+        conn.commit()  # configure must leave the connection idle
         configured.append(_pid(conn))
 
     with ConnectionPool(postgres_server.dsn, min_size=2, configure=configure, open=True) as pool:
@@ -386,11 +394,11 @@ def test_check_callback_is_called_on_every_getconn(postgres_server: Any) -> None
     checked: list[int] = []
     check = lambda conn: checked.append(_pid(conn))  # noqa: E731
     with ConnectionPool(postgres_server.dsn, min_size=1, check=check, open=True) as pool:
-        pool.wait(10)  # a connection handed straight to a waiting request is not checked (see the guide)
+        pool.wait(10)
         for _ in range(3):
             with pool.connection():
                 pass
-    assert len(checked) == 3
+    assert len(checked) == 3  # wait() leases nothing: only the three requests were checked
 
 
 def test_check_connection_runs_an_empty_query(postgres_server: Any) -> None:
