@@ -1,7 +1,9 @@
 """Health checks with a deadline: a check that hangs gives up its member instead of holding capacity for good.
 
-A :class:`Check` runs :meth:`Connector.check` on a thread of its own (named ``syncpool-<pool>-check``) and waits at
-most ``timeout`` seconds. A check that returns or raises in time gives its verdict. One that overruns, or whose
+A connector whose :meth:`~syncpool.Connector.check` enforces its own deadline says so with ``check_timeout``; its
+checks run directly in the thread that needs them (``inline``). For any other, a :class:`Check` runs
+:meth:`Connector.check` on a thread of its own (named ``syncpool-<pool>-check``) and waits at most ``timeout``
+seconds. A check that returns or raises in time gives its verdict. One that overruns, or whose
 waiting caller is interrupted, is abandoned: the caller frees the member's slot at once, and when the check finally
 ends its thread closes the client (``on_late``), so nobody waits on it and nothing else can use it meanwhile. A
 check blocked for ever (a blackholed server and a connector with no timeout of its own) leaves one daemon thread
@@ -23,12 +25,21 @@ OVERRAN = TimeoutError("the check overran its deadline")
 class Check:
     """One check of one client, run on its own thread with a deadline."""
 
-    __slots__ = ("_check", "_raw", "_thread_name", "_on_late", "_lock", "_done", "_finished", "abandoned", "_error")
+    __slots__ = (
+        "_check", "_raw", "_thread_name", "_on_late", "_inline", "_lock", "_done", "_finished", "abandoned", "_error",
+    )
 
     def __init__(
-        self, check: Callable[[Any], object], raw: Any, thread_name: str, on_late: Callable[[Any], None]
+        self,
+        check: Callable[[Any], object],
+        raw: Any,
+        thread_name: str,
+        on_late: Callable[[Any], None],
+        *,
+        inline: bool = False,
     ) -> None:
         self._check = check
+        self._inline = inline
         self._raw = raw
         self._thread_name = thread_name
         self._on_late = on_late
@@ -43,12 +54,19 @@ class Check:
         """Run the check, waiting at most ``timeout`` seconds. Without the pool lock.
 
         Returns:
-            None if it passed, what it raised if it failed (any ``BaseException`` is a failed check), or
-            :data:`OVERRAN`.
+            None if it passed, what it raised if it failed (any ``BaseException`` on its own thread is a failed
+            check), or :data:`OVERRAN`.
 
         Raises:
-            BaseException: Whatever interrupts the wait (KeyboardInterrupt...), after abandoning the check.
+            BaseException: Whatever interrupts the wait (KeyboardInterrupt...), after abandoning the check; for an
+                inline check, whatever ``BaseException`` it raised (the calling thread was interrupted).
         """
+        if self._inline:  # the connector bounds its own time: no thread, no wait
+            try:
+                self._check(self._raw)
+            except Exception as error:
+                return error
+            return None
         try:
             threading.Thread(target=self._run, name=self._thread_name, daemon=True).start()
         except RuntimeError as error:  # no new thread (interpreter shutting down): a check that could not run

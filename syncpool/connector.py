@@ -41,6 +41,11 @@ class Connector(Generic[T]):
     #: Human-readable name of the backend, used in log lines and error messages. It must never contain a secret.
     description: str = "client"
 
+    #: Seconds within which :meth:`check` ends on its own (it enforces this deadline itself), or None if it may hang.
+    #: With None the pool runs every check on a thread of its own and gives it up after ``health_check_timeout``;
+    #: with a number it calls :meth:`check` directly in the thread that needs it, which costs no thread.
+    check_timeout: float | None = None
+
     def connect(self) -> T:
         """Create and return a new client.
 
@@ -55,8 +60,9 @@ class Connector(Generic[T]):
         """Raise if ``client`` cannot be used any more.
 
         Called by the health-check pass on idle clients (taken out of the pool first) and, when configured, on lease
-        for clients idle for a while. It may block (a round trip to the server), and should bound its own time. It is
-        never called with the pool lock held.
+        for clients idle for a while. It may block (a round trip to the server). It is never called with the pool
+        lock held. Unless :attr:`check_timeout` says it bounds its own time, each call runs on a thread of its own
+        that the pool gives up after ``health_check_timeout``.
         """
 
     def is_broken(self, client: T) -> bool:

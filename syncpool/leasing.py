@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from time import monotonic
+from time import monotonic, sleep
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -234,6 +234,7 @@ class LeasePath:
     def _acquire_slow(self, lease: Lease[Any], timeout: float) -> tuple[Member, float]:
         """The lease path when the newest idle member could not simply be taken: expiry, checks, queueing."""
         deadline = monotonic() + timeout
+        failed_checks = 0
         while True:
             member = self._lease_or_queue(lease)
             waited = 0.0
@@ -253,6 +254,11 @@ class LeasePath:
             if verdict is None:
                 return member, waited
             self._discard_checked(lease, member, verdict)
+            failed_checks += 1
+            if failed_checks > 1:
+                # Checks keep failing: the server is likely down. Back off as reconnects do rather than churn through
+                # connects and checks; the first retry is immediate (the next member may well be fine).
+                sleep(max(0.0, min(self._options.backoff.delay(failed_checks - 1), deadline - monotonic())))
 
     def _lease_or_queue(self, lease: Lease[Any]) -> Member | None:
         """Lease the next fresh idle member into ``lease`` and return it, or queue the caller (None); or fail fast.

@@ -53,6 +53,7 @@ class Maintenance:
         self._events = events
         self._pass_running = False
         self._close_late = close_abandoned(connector, name)
+        self._inline_checks = connector.check_timeout is not None
 
     def tidy(self) -> None:
         """Retire expired and long-idle members, report leaks, refill to what the pool needs."""
@@ -127,13 +128,17 @@ class Maintenance:
                 except ValueError:
                     continue  # leased or retired since
                 inv.checking.add(member)
-            verdict = self.new_check(member).run(self._options.health_check_timeout)
+            try:
+                verdict = self.new_check(member).run(self._options.health_check_timeout)
+            except BaseException as error:  # noqa: B036 - an inline check's SystemExit is a failed check here too
+                verdict = error
             outcome["ok" if self._finish(member, verdict) else "failed"] += 1
         return outcome
 
     def new_check(self, member: Member) -> Check:
         """A check of ``member`` whose client is closed by the check's thread if the check is abandoned."""
-        return Check(self._connector.check, member.raw, f"syncpool-{self.name}-check", self._close_late)
+        return Check(self._connector.check, member.raw, f"syncpool-{self.name}-check", self._close_late,
+                     inline=self._inline_checks)
 
     def _finish(self, member: Member, verdict: BaseException | None) -> bool:
         """Put a checked member back (to a waiter, or at the bottom of the idle stack), or replace it."""

@@ -258,3 +258,34 @@ def test_asynchronous_exceptions_and_sigint_leak_nothing() -> None:
             pool.putconn(held[0])  # and nothing is leased twice
     finally:
         pool.close(timeout=2)
+
+
+def test_a_connector_that_bounds_its_own_checks_is_checked_without_a_thread() -> None:
+    class Bounded(FakeConnector):
+        check_timeout = 1.0
+        threads: set[str] = set()
+
+        def check(self, client: FakeClient) -> None:
+            self.threads.add(threading.current_thread().name)
+            super().check(client)
+
+    connector = Bounded()
+    with Pool(connector, min_size=1, max_size=1, check_after_idle=0.0, health_check_interval=None,
+              name="inline-checks") as pool:
+        pool.wait(5)
+        with pool.connection(timeout=2):
+            pass
+        pool.check()
+    assert connector.threads == {threading.current_thread().name}  # on lease and in pool.check(): this thread
+
+
+def test_checks_that_keep_failing_on_lease_back_off_instead_of_churning() -> None:
+    connector = FakeConnector()
+    connector.check_error = ConnectionResetError("the server is gone")
+    with Pool(connector, max_size=2, check_after_idle=0.0, health_check_interval=None,
+              reconnect_backoff=Backoff(initial=0.2, maximum=0.2), name="failing-checks") as pool:
+        with pytest.raises(PoolTimeout):
+            pool.getconn(timeout=0.5)  # never a client whose check failed
+        # Immediate retry after the first failure, then one every 0.2 s: a handful of connects, not hundreds.
+        assert 2 <= connector.connects <= 6, connector.connects
+        connector.check_error = None

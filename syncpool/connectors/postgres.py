@@ -153,7 +153,7 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             connect_kwargs.setdefault("prepare_threshold", None)
         self._conninfo = conninfo
         self._configure = configure
-        self.check_timeout = check_timeout
+        self.check_timeout: float = check_timeout  # enforced by check() itself: the pool calls it directly
         self.retry_serialization = retry_serialization
         self._connect_kwargs = connect_kwargs
         self._connection_class = connection_class
