@@ -116,6 +116,17 @@ class ElasticsearchConnector(Connector[Any]):
         """Call ``info()``: one ``GET /``, bounded by ``request_timeout`` and ``max_retries``."""
         client.info()
 
+    def monitor_options(self) -> dict[str, Any]:
+        """Record the requests made through ``client.options(...)`` copies too, in a ``monitor=True`` pool.
+
+        ``es.options(request_timeout=3).search(...)`` is recorded as ``search``, and the requests that
+        ``elasticsearch.helpers.bulk`` sends through such a copy as ``bulk``: ``options()`` itself does no I/O and is
+        not recorded.
+        """
+        from syncpool.monitoring import WrapResult
+
+        return {"results": {"options": WrapResult(prefix="", measure=None)}}
+
     def close(self, client: Any) -> None:
         """Close the client's HTTP connections."""
         client.close()

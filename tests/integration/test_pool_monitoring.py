@@ -147,7 +147,10 @@ def test_bulk_helper_works_through_a_monitored_pool_client(elasticsearch_node: A
             ok, errors = helpers.bulk(es, ({"_index": index, "_id": str(n), "n": n} for n in range(10)))
             assert (ok, errors) == (10, [])
             assert es.count(index=index)["count"] == 10
-        assert _methods(pool)["count"]["operations"] == 1
+        methods = _methods(pool)
+        assert methods["count"]["operations"] == 1
+        assert methods["bulk"]["operations"] == 1  # the request bulk() sent through an options() copy
+        assert "options" not in methods
 
 
 @pytest.mark.elasticsearch
