@@ -70,7 +70,8 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from syncpool import Pool, demo, registry  # noqa: E402
-from syncpool.batch import _describe_failure, map_pool  # noqa: E402
+from syncpool._secrets import describe_failure  # noqa: E402
+from syncpool.batch import map_pool  # noqa: E402
 from syncpool.config import pool_from_config  # noqa: E402
 
 #: Worker processes of the Dask configurations.
@@ -379,7 +380,7 @@ class Bench:
             pool.close()
         if result.errors:
             index, _, error = result.errors[0]
-            print(f"  {setup.label}: first failure at order {index + 1}: {_describe_failure(error)}", flush=True)
+            print(f"  {setup.label}: first failure at order {index + 1}: {describe_failure(error)}", flush=True)
         return Run(elapsed, result.succeeded, server_peak, client_peak, bouncer_peak)
 
     def _run_dask(self, setup: Setup, config: dict[str, Any], orders: list[dict[str, Any]], role: str) -> Run:

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 __all__ = [
     "MASK",
     "conninfo_secrets",
+    "describe_failure",
     "is_secret_key",
     "mapping_secrets",
     "mask_conninfo",
@@ -283,3 +284,40 @@ def scrub_exception(error: BaseException, secrets: Iterable[str | None]) -> Base
                 pass
         current = current.__cause__ or current.__context__
     return error
+
+
+# A URL anywhere in a message; its password and secret query parameters are masked by mask_url().
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+# "key=value", "key: value", "'key': 'value'": the value is masked when the key names a secret. An
+# ``Authorization: Bearer <token>``-style value keeps its scheme word and loses the token.
+_KEY_VALUE_IN_TEXT = re.compile(
+    r"""(?P<key>[A-Za-z_][A-Za-z0-9_-]*)(?P<sep>['"]?\s*[=:]\s*)"""
+    r"""(?P<scheme>(?:Bearer|Basic|Token|ApiKey)\s+)?(?P<value>'(?:[^'\\]|\\.)*'?|"[^"]*"?|[^\s,;)}\]]+)""",
+    re.IGNORECASE,
+)
+_MESSAGE_LIMIT = 200
+
+
+def describe_failure(error: BaseException) -> str:
+    """``module.Type: first line of the message``, shortened, with what looks like a secret masked.
+
+    For errors raised by the caller's code (a batch's ``fn``), which carry no promise the connectors make (that they
+    never echo a password): such a description ends up in logs and alerts, so passwords in URLs and
+    ``password=...``-style pairs are masked, and an ``Authorization: Bearer <token>``-style value loses its token.
+    """
+    cls = type(error)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return name
+    text = _URL_IN_TEXT.sub(lambda match: mask_url(match.group(0)), lines[0])
+
+    def mask(match: re.Match[str]) -> str:
+        if not is_secret_key(match.group("key")):
+            return match.group(0)
+        return f"{match.group('key')}{match.group('sep')}{match.group('scheme') or ''}{MASK}"
+
+    text = _KEY_VALUE_IN_TEXT.sub(mask, text)
+    if len(text) > _MESSAGE_LIMIT:
+        text = text[: _MESSAGE_LIMIT - 3] + "..."
+    return f"{name}: {text}"

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import queue
-import re
 import sys
 import threading
 import time
@@ -35,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Generic, Literal, TypeVar
 
-from ._secrets import MASK, is_secret_key, mask_url
+from ._secrets import describe_failure
 from .protocols import PoolLike
 from .retry import RetryPolicy
 from .retry import run as retry_run
@@ -257,45 +256,12 @@ def _summary(pool_name: str, result: BatchResult[Any], timeout: float | None) ->
         text += f"; the batch timeout of {timeout:g}s passed with items left to run"
     if result.errors:
         index, _, error = result.errors[0]
-        text += f"; first failure at index {index}: {_describe_failure(error)}"
+        text += f"; first failure at index {index}: {describe_failure(error)}"
     return text
 
 
-# A URL anywhere in a message; its password and secret query parameters are masked by mask_url().
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-# "key=value", "key: value", "'key': 'value'": the value is masked when the key names a secret. An
-# ``Authorization: Bearer <token>``-style value keeps its scheme word and loses the token.
-_KEY_VALUE_IN_TEXT = re.compile(
-    r"""(?P<key>[A-Za-z_][A-Za-z0-9_-]*)(?P<sep>['"]?\s*[=:]\s*)"""
-    r"""(?P<scheme>(?:Bearer|Basic|Token|ApiKey)\s+)?(?P<value>'(?:[^'\\]|\\.)*'?|"[^"]*"?|[^\s,;)}\]]+)""",
-    re.IGNORECASE,
-)
-_MESSAGE_LIMIT = 200
 
 
-def _describe_failure(error: BaseException) -> str:
-    """``module.Type: first line of the message``, shortened, with what looks like a secret masked.
-
-    ``fn`` is the caller's code, so its errors carry no promise the connectors make (that they never echo a
-    password); a BatchError message ends up in logs and alerts, so passwords in URLs and ``password=...``-style
-    pairs are masked here.
-    """
-    cls = type(error)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return name
-    text = _URL_IN_TEXT.sub(lambda match: mask_url(match.group(0)), lines[0])
-
-    def mask(match: re.Match[str]) -> str:
-        if not is_secret_key(match.group("key")):
-            return match.group(0)
-        return f"{match.group('key')}{match.group('sep')}{match.group('scheme') or ''}{MASK}"
-
-    text = _KEY_VALUE_IN_TEXT.sub(mask, text)
-    if len(text) > _MESSAGE_LIMIT:
-        text = text[: _MESSAGE_LIMIT - 3] + "..."
-    return f"{name}: {text}"
 
 
 def _length_of(items: Iterable[Any]) -> int | None:

@@ -27,7 +27,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import registry
-from .batch import _describe_failure, map_pool
+from ._secrets import describe_failure
+from .batch import map_pool
 
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster
@@ -142,7 +143,9 @@ class DaskEngine:
         else:
             self._cluster = LocalCluster(
                 n_workers=self.processes, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None,
+                # A free port of its own: distributed starts the dashboard's HTTP server even when told None, and
+                # on the default port it warns whenever another cluster on the machine holds it.
+                dashboard_address="127.0.0.1:0",
             )
             self._client = Client(self._cluster)
         self._client.wait_for_workers(1, timeout=self.connect_timeout)
@@ -252,7 +255,7 @@ def _run_partition(
     if result.errors:
         index, _, error = result.errors[0]
         # Described as a BatchError would describe it: one line, what looks like a secret masked.
-        first_error = (offset + index, _describe_failure(error))
+        first_error = (offset + index, describe_failure(error))
     return PartitionResult(
         worker=get_worker().address, pid=os.getpid(), items=len(items), succeeded=result.succeeded,
         failed=result.failed, elapsed=result.elapsed, first_error=first_error,

@@ -279,6 +279,7 @@ class PgBouncerServer(_Addresses):
                 break
             self._start_watchdog()
             _running.add(self)
+            self._started_by = os.getpid()
             return self
 
     def _spawn(self, binary: str, port: int, timeout: float) -> None:
@@ -443,8 +444,12 @@ class PgBouncerServer(_Addresses):
 
 @atexit.register
 def _stop_all() -> None:
-    """Backstop for interrupted runs: no pgbouncer process may outlive the interpreter."""
+    """Backstop for interrupted runs: no pgbouncer process may outlive the interpreter (in the process that started
+    them only: a forked child must not stop its parent's bouncers at its own exit)."""
+    here = os.getpid()
     for bouncer in list(_running):
+        if getattr(bouncer, "_started_by", here) != here:
+            continue
         try:
             bouncer.close()
         except Exception:  # noqa: BLE001 - best effort at exit

@@ -348,6 +348,7 @@ class PostgresServer(_Addresses):
             cleanup = weakref.finalize(self, shutil.rmtree, self._own_dir, True)
             cleanup.atexit = False  # _stop_all() does it at exit, after stopping the server
             _owning.add(self)
+            self._started_by = os.getpid()
             data_dir = self._own_dir / "data"
         self.data_dir = Path(data_dir).resolve()
         self._fixed_port = port
@@ -413,6 +414,7 @@ class PostgresServer(_Addresses):
             self._pid = self._read_pid()
             self._start_watchdog()
             _running.add(self)
+            self._started_by = os.getpid()
             if not self._bootstrapped:
                 self._bootstrap()
             return self
@@ -717,8 +719,15 @@ class ExternalPostgres(_Addresses):
 
 @atexit.register
 def _stop_all() -> None:
-    """Backstop for interrupted runs: no postgres process may outlive the interpreter."""
+    """Backstop for interrupted runs: no postgres process may outlive the interpreter.
+
+    Only the servers this process started: a child forked from it (a test's os.fork() that returns normally) must
+    not stop its parent's servers at its own exit.
+    """
+    here = os.getpid()
     for server in list(_running) + [server for server in list(_owning) if server not in _running]:
+        if getattr(server, "_started_by", here) != here:
+            continue
         try:
             if server._own_dir is not None:
                 server.close()
