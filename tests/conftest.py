@@ -11,7 +11,9 @@ import pytest
 
 from syncpool import pool as pool_module
 
-_POOL_THREAD = re.compile(r"^syncpool-.+-(scheduler|worker-\d+|check)$")
+# Every thread of the package (pools, checks, batches, the registry), but the servers of syncpool.testing, which the
+# fixtures keep for the whole session.
+_POOL_THREAD = re.compile(r"^syncpool-(?!proxy-|es-node-)")
 
 
 def _pool_threads() -> list[threading.Thread]:
