@@ -130,7 +130,7 @@ class Grower:
         return size <= inv.min_size or bool(inv.waiters and not inv.idle)
 
     def connect(self, token: int | None, probe: bool) -> None:
-        """Make one member and hand it to a waiter or the idle stack.
+        """Make one member and hand it to a waiter or the idle list.
 
         A planned connect (``token`` None) is counted in ``connecting`` already; a retry (``token``) is counted
         while it waits, unless a probe took its slot meanwhile; a lease's probe (``probe``) counts itself here.

@@ -72,7 +72,7 @@ class Inventory:
         )
 
     def in_use(self) -> int:
-        """Members out of the idle stack and alive: leased or being checked. Under the lock."""
+        """Members out of the idle list and alive: leased or being checked. Under the lock."""
         return len(self.leased) + len(self.checking)
 
     def fits(self) -> bool:
@@ -80,7 +80,7 @@ class Inventory:
         return not self.shrunk or self.size() < self.max_size
 
     def hand_over(self, member: Member, now: float) -> None:
-        """Give a member that is not counted anywhere to the oldest waiter, or put it on top of the idle stack.
+        """Give a member that is not counted anywhere to the oldest waiter, or put it on top of the idle list.
 
         Under the lock. The member is leased on the waiter's behalf before the waiter is taken off the queue and
         woken: an exception between two of these steps leaves a waiter that finds its member when it wakes or times

@@ -141,7 +141,7 @@ class Maintenance:
                      inline=self._inline_checks)
 
     def _finish(self, member: Member, verdict: BaseException | None) -> bool:
-        """Put a checked member back (to a waiter, or at the bottom of the idle stack), or replace it."""
+        """Put a checked member back (to a waiter, or at the bottom of the idle list), or replace it."""
         inv = self._inv
         now = monotonic()
         with inv.lock:

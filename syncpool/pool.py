@@ -93,8 +93,8 @@ class Pool(LeasePath, Generic[T]):
         health_check_timeout: Seconds any check (health pass or ``check_after_idle``) may take; past it the client
             is given up as failed, its slot freed at once, and it is closed when the check returns. Defaults to 5.0.
         check_after_idle: On lease, a client idle for at least this many seconds is checked first (in the leasing
-            thread's time) and replaced if the check fails; 0 checks every lease; None disables it. Defaults to
-            None.
+            thread's time) and replaced if the check fails; 0 checks every client handed out, new and handed-over
+            ones included; None disables it. Defaults to None.
         breaker_threshold: Consecutive failed connects that open the circuit breaker: leases that cannot be served
             from idle clients then fail at once with :class:`~syncpool.PoolUnavailable` instead of waiting out
             their timeout, and one probe connect at a time tests the backend; the first success closes it. None
@@ -514,7 +514,7 @@ class Pool(LeasePath, Generic[T]):
     def check(self) -> dict[str, int]:
         """Check every idle client now and replace those that fail; return ``{"ok": n, "failed": n}``.
 
-        Clients are taken out of the idle stack one at a time (so leases barely notice), checked with
+        Clients are taken out of the idle list one at a time (so leases barely notice), checked with
         :meth:`Connector.check` outside the lock, and put back or discarded. A check that takes longer than
         ``health_check_timeout`` counts as failed: its slot is freed at once and its client is closed when the
         check finally returns. The background health pass (``health_check_interval``) does the same.
