@@ -194,7 +194,11 @@ class _CompatConnector(PostgresConnector):
         super().__init__(conninfo, connection_class=connection_class, **static_kwargs)
         self._kwargs_factory = kwargs if callable(kwargs) else None
         self._configure_callback = configure
-        self._check_callback = check
+        # ConnectionPool.check_connection is what PostgresConnector.check() does, bounded by check_timeout: checked
+        # in the leasing thread. Any other callback may hang: the pool gives it a thread of its own and a deadline.
+        self._check_callback = None if check is ConnectionPool.check_connection else check
+        if self._check_callback is not None:
+            self.check_timeout = None  # type: ignore[assignment]  # the callback does not bound its own time
         self._reset_callback = reset
         self._owner: Callable[[], ConnectionPool[Any] | None] = lambda: None
         self._pool_name = "?"

@@ -12,8 +12,8 @@ import pytest
 from syncpool import pool as pool_module
 
 # Every thread of the package (pools, checks, batches, the registry), but the servers of syncpool.testing, which the
-# fixtures keep for the whole session.
-_POOL_THREAD = re.compile(r"^syncpool-(?!proxy-|es-node-)")
+# fixtures keep for the whole session, and the process-wide watcher of PostgreSQL checks' deadlines.
+_POOL_THREAD = re.compile(r"^syncpool-(?!proxy-|es-node-|postgres-deadlines$)")
 
 
 def _pool_threads() -> list[threading.Thread]:

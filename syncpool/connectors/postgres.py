@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from syncpool import forking
 from syncpool._secrets import (
     conninfo_secrets,
     is_secret_key,
@@ -290,11 +294,8 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             raise RuntimeError(f"check called on a connection in transaction state {status.name}")
         fileno = client.fileno()
         outcome = _CheckDeadline(fileno)
-        timer = threading.Timer(self.check_timeout, outcome.expire)
-        timer.name = "syncpool-postgres-check-timeout"
-        timer.daemon = True
         autocommit = client.autocommit
-        timer.start()
+        timer = _deadlines.add(self.check_timeout, outcome.expire)
         try:
             if not autocommit:
                 client.autocommit = True
@@ -310,7 +311,7 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
                 f"{self.description}: check got no answer within {self.check_timeout}s"
             ) from error
         finally:
-            timer.cancel()
+            _deadlines.cancel(timer)
         if not outcome.finish():
             raise TimeoutError(f"{self.description}: check got no answer within {self.check_timeout}s")
 
@@ -495,6 +496,69 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         if self.is_auth_error(error) or self.is_permanent(error):
             return False
         return isinstance(error, psycopg.OperationalError)
+
+
+class _Deadlines:
+    """One daemon thread (``syncpool-postgres-deadlines``) that fires the expiry of every check under way in the
+    process, so that a check costs a heap push and pop rather than a timer thread of its own. Started on first use,
+    and again in a forked child (where the parent's thread does not exist)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, Callable[[], object]]] = []
+        self._pending: set[int] = set()  # tokens in the heap, not fired nor cancelled
+        self._cancelled: set[int] = set()  # tokens in the heap, cancelled: dropped when they reach its top
+        self._tokens = itertools.count()
+        self._thread: threading.Thread | None = None
+        forking.register(self)
+
+    def add(self, delay: float, callback: Callable[[], object]) -> int:
+        """Call ``callback`` on the watcher thread in ``delay`` seconds unless :meth:`cancel` is called first."""
+        token = next(self._tokens)
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + delay, token, callback))
+            self._pending.add(token)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="syncpool-postgres-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return token
+
+    def cancel(self, token: int) -> None:
+        """Drop the callback of ``token`` if it has not fired yet."""
+        with self._cond:
+            if token in self._pending:
+                self._pending.discard(token)
+                self._cancelled.add(token)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._heap and self._heap[0][1] in self._cancelled:
+                    self._cancelled.discard(heapq.heappop(self._heap)[1])
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                delay = self._heap[0][0] - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                _, token, callback = heapq.heappop(self._heap)
+                self._pending.discard(token)
+            try:
+                callback()
+            except Exception:  # a callback must not stop the deadlines of the other checks
+                logger.exception("a check's deadline callback failed")
+
+    def _after_fork_in_child(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap = []
+        self._pending = set()
+        self._cancelled = set()
+        self._thread = None
+
+
+_deadlines = _Deadlines()
 
 
 class _CheckDeadline:

@@ -484,6 +484,25 @@ def test_check_times_out_on_a_slow_network(postgres_server: Any, fault_proxy: An
 
 
 @pytest.mark.postgres
+def test_checks_start_no_thread_of_their_own(postgres_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check's deadline is kept by one watcher thread for the process, not by a timer thread per check."""
+    import threading
+
+    connector = PostgresConnector(postgres_server.dsn, check_timeout=5.0)
+    conn = connector.connect()
+    try:
+        connector.check(conn)  # the watcher starts, once
+        started: list[str] = []
+        start = threading.Thread.start
+        monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self.name), start(self))[1])
+        for _ in range(20):
+            connector.check(conn)
+        assert started == []
+    finally:
+        conn.close()
+
+
+@pytest.mark.postgres
 def test_wrong_password_raises_auth_error_without_the_secret(postgres_server: Any) -> None:
     connector = PostgresConnector(
         f"host={postgres_server.host} port={postgres_server.port} dbname={postgres_server.dbname}",
