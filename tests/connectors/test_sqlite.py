@@ -210,7 +210,7 @@ def test_release_leaves_a_closed_connection_to_is_broken(tmp_path: Path, error: 
 
 
 @needs_autocommit_attribute
-def test_autocommit_true_is_left_alone_and_reset_still_rolls_back(
+def test_autocommit_true_is_not_committed_and_reset_still_rolls_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     connector, conn, statements = _open(tmp_path, autocommit=True)
@@ -218,10 +218,11 @@ def test_autocommit_true_is_left_alone_and_reset_still_rolls_back(
     conn.execute("BEGIN")
     conn.execute("INSERT INTO t VALUES (2)")
     del statements[:]
-    connector.release(conn, None)
-    assert statements == [] and conn.in_transaction
     with caplog.at_level(logging.WARNING, logger="syncpool"):
-        connector.reset(conn)  # rollback() does nothing under autocommit=True: reset must still end it
+        # release() commits nothing; its reset() ends the caller's BEGIN (rollback() does nothing under
+        # autocommit=True, so reset sends ROLLBACK itself).
+        assert connector.release(conn, None)
+    assert "COMMIT" not in " ".join(statements).upper()
     assert not conn.in_transaction and _rows(tmp_path) == 1
     assert any("rolling back" in r.getMessage() for r in caplog.records)
     conn.close()
