@@ -63,18 +63,20 @@ class Lease(Generic[T]):
     (without ``release``): the ``lease`` and ``return`` events of :meth:`Pool.add_listener` see every lease.
     """
 
-    __slots__ = ("_pool", "_timeout", "member", "leased_as", "waiter", "check")
-
     #: Whether :meth:`Connector.release` ends the lease (a ``with`` block), or ``is_broken`` and ``reset`` (putconn).
     _block = True
+
+    # What the pool does on this caller's behalf, each set in the lock hold that does it. The class holds the
+    # defaults, so that a lease served at once pays only for ``member``.
+    member: Member | None  # leased on our behalf
+    leased_as: int = 0  # the number of our lease of it (Member.leases): it is ours while they are equal
+    waiter: Waiter | None = None  # our place in the wait queue, while we wait
+    check: Check | None = None  # the check on lease under way, while it runs
 
     def __init__(self, pool: LeasePath, timeout: float | None = None) -> None:
         self._pool = pool
         self._timeout = timeout
-        self.member: Member | None = None  # leased on our behalf (set in the lock hold that leases it)
-        self.leased_as = 0  # the number of our lease of it (Member.leases): it is ours while they are equal
-        self.waiter: Waiter | None = None  # our place in the wait queue, while we wait
-        self.check: Check | None = None  # the check on lease under way, while it runs
+        self.member = None
 
     def __enter__(self) -> T:
         if self.member is not None:
@@ -192,7 +194,6 @@ class PutBack(Lease[Any]):
     """How :meth:`Pool.putconn` gives a member back: the return path of a ``with`` block, but with ``is_broken`` and
     ``reset`` (a rollback) instead of ``Connector.release``, as getconn/putconn always did."""
 
-    __slots__ = ()
     _block = False
 
 
