@@ -47,8 +47,8 @@ R = TypeVar("R")
 #: With ``progress=None``, a bar is drawn when stderr is a terminal and the batch has more items than this.
 PROGRESS_MIN_ITEMS = 100
 
-#: What :func:`map_pool` does when an item fails; see its ``on_error`` argument.
 OnError = Literal["raise", "collect", "cancel"]
+"""What :func:`map_pool` does when an item fails; see its ``on_error`` argument."""
 _ON_ERROR = ("raise", "collect", "cancel")
 
 _TICK = 0.1  # seconds between the calling thread's looks at the deadline and the progress bar

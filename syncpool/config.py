@@ -62,21 +62,20 @@ __all__ = [
     "pools_from_config",
 ]
 
-#: Connector names accepted by ``"connector"``, and the class each stands for (imported when used; importing a
-#: connector module imports no client library).
 CONNECTORS: dict[str, str] = {
     "postgres": "syncpool.connectors.postgres:PostgresConnector",
     "s3": "syncpool.connectors.s3:S3Connector",
     "elasticsearch": "syncpool.connectors.elasticsearch:ElasticsearchConnector",
     "sqlite": "syncpool.connectors.sqlite:SQLiteConnector",
 }
+"""Connector names accepted by ``"connector"``, and the class each stands for (imported when used; importing a connector
+module imports no client library).
+"""
 
 # Kinds of Pool options, for validation and for converting environment strings.
 _INT, _INT_OR_NONE, _SECONDS, _SECONDS_OR_INF, _SECONDS_OR_NONE = "int", "int?", "s", "s|inf", "s?"
 _STR, _BOOL, _BACKOFF, _CALLABLE = "str", "bool", "backoff", "callable"
 
-#: The :class:`~syncpool.Pool` options a configuration may set, and their kinds. ``reconnect_backoff`` is a mapping
-#: of :class:`~syncpool.Backoff` fields; ``reconnect_failed`` is a ``"module:attr"`` string (or a callable).
 POOL_OPTIONS: dict[str, str] = {
     "min_size": _INT,
     "max_size": _INT,
@@ -99,6 +98,9 @@ POOL_OPTIONS: dict[str, str] = {
     "monitor": _BOOL,
     "idle_order": _STR,
 }
+"""The :class:`~syncpool.Pool` options a configuration may set, and their kinds. ``reconnect_backoff`` is a mapping of
+:class:`~syncpool.Backoff` fields; ``reconnect_failed`` is a ``"module:attr"`` string (or a callable).
+"""
 
 _SECTIONS = ("connector", "options", "pool")
 _BACKOFF_FIELDS = ("initial", "maximum", "jitter")

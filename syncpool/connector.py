@@ -38,13 +38,14 @@ class Connector(Generic[T]):
     once: the pool calls them from user threads and from its background workers.
     """
 
-    #: Human-readable name of the backend, used in log lines and error messages. It must never contain a secret.
     description: str = "client"
+    """Human-readable name of the backend, used in log lines and error messages. It must never contain a secret."""
 
-    #: Seconds within which :meth:`check` ends on its own (it enforces this deadline itself), or None if it may hang.
-    #: With None the pool runs every check on a thread of its own and gives it up after ``health_check_timeout``;
-    #: with a number it calls :meth:`check` directly in the thread that needs it, which costs no thread.
     check_timeout: float | None = None
+    """Seconds within which :meth:`check` ends on its own (it enforces this deadline itself), or None if it may hang.
+    With None the pool runs every check on a thread of its own and gives it up after ``health_check_timeout``; with a
+    number it calls :meth:`check` directly in the thread that needs it, which costs no thread.
+    """
 
     def connect(self) -> T:
         """Create and return a new client.

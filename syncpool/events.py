@@ -11,7 +11,6 @@ __all__ = ["EVENTS", "Listeners"]
 
 logger = logging.getLogger("syncpool")
 
-#: Events a listener can subscribe to with :meth:`Pool.add_listener`, and the keyword arguments each one gets.
 EVENTS = {
     "connect": "duration (seconds the connect took)",
     "connect_failed": "error, attempt (consecutive failures), duration",
@@ -26,6 +25,7 @@ EVENTS = {
     "reload": "(nothing)",
     "breaker": "state (closed, open or half_open)",
 }
+"""Events a listener can subscribe to with :meth:`Pool.add_listener`, and the keyword arguments each one gets."""
 
 
 class Listeners:

@@ -158,11 +158,12 @@ class Pool(LeasePath, Generic[T]):
             raise TypeError(f"open must be a bool, not {type(open).__name__}")
         self.name = name
         self._log = logging.getLogger(self._logger_name)
-        #: Operation counts and latencies of the calls made on leased clients, aggregated over every member, when
-        #: the pool was created with ``monitor=True``; else None.
         self.client_stats: ClientStats | None = (
             monitor if isinstance(monitor, ClientStats) else ClientStats(name) if monitor else None
         )
+        """Operation counts and latencies of the calls made on leased clients, aggregated over every member, when the
+        pool was created with ``monitor=True``; else None.
+        """
         self._stats = PoolStats()
         self._clients_popped: ClientStatsMark | None = None  # where the previous pop_stats() left client_stats
         self._inv = Inventory(min_size, max_size, max_waiting, self._stats, idle_order)

@@ -10,21 +10,24 @@ from syncpool.errors import AuthError
 
 __all__ = ["ElasticsearchConnector"]
 
-#: Defaults passed to ``Elasticsearch(...)`` unless given. ``request_timeout``: seconds per request. One retry on
-#: another node for connection errors and 429/502/503/504, none on timeouts: the pool's own retries
-#: (``pool.run``) already repeat a failed unit of work, and retries at both levels multiply (3 x 3 attempts of a
-#: 10 s timeout is minutes). ``connections_per_node``: HTTP connections each client keeps to each node.
-#: elastic_transport's default, 10, suits one client shared by many threads; a pooled client is used by one thread
-#: at a time and reads every response whole, so one connection per node is all it uses, and 10 would let a pool of
-#: ``max_size`` clients hold up to ``10 * max_size`` sockets per node. The cap is strict (a request waits for the
-#: connection rather than opening another): raise it for clients that ``helpers.parallel_bulk`` shares between
-#: threads.
 DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
     "request_timeout": 10,
     "max_retries": 1,
     "retry_on_timeout": False,
     "connections_per_node": 1,
 }
+"""Defaults passed to ``Elasticsearch(...)`` unless given.
+
+- ``request_timeout``: seconds per request.
+- ``max_retries``, ``retry_on_timeout``: one retry on another node for connection errors and 429/502/503/504, none
+  on timeouts: the pool's own retries (``pool.run``) already repeat a failed unit of work, and retries at both
+  levels multiply (3 x 3 attempts of a 10 s timeout is minutes).
+- ``connections_per_node``: HTTP connections each client keeps to each node. elastic_transport's default, 10, suits
+  one client shared by many threads; a pooled client is used by one thread at a time and reads every response
+  whole, so one connection per node is all it uses, and 10 would let a pool of ``max_size`` clients hold up to
+  ``10 * max_size`` sockets per node. The cap is strict (a request waits for the connection rather than opening
+  another): raise it for clients that ``helpers.parallel_bulk`` shares between threads.
+"""
 
 # Client options that may be zero-argument callables resolved at every connect (rotated keys and passwords).
 # Other options can legitimately be callables or classes (node_selector_class, serializer...) and pass as they are.

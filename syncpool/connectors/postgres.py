@@ -67,8 +67,8 @@ _IDLE = 0
 _INERROR = 3
 _REUSABLE = frozenset({0, 2, 3})
 
-#: Default libpq ``connect_timeout`` (seconds, per host tried) when neither the conninfo nor the keywords set one.
 DEFAULT_CONNECT_TIMEOUT = 10
+"""Default libpq ``connect_timeout`` (seconds, per host tried) when neither the conninfo nor the keywords set one."""
 
 
 def _resolve(value: Any) -> Any:

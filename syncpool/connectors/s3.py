@@ -22,21 +22,23 @@ _SESSION_KEYS = frozenset(
     }
 )
 
-#: Defaults of the botocore ``Config`` every client gets; a ``config=`` passed to the connector overrides them.
-#: ``connect_timeout``/``read_timeout``: seconds per attempt, so that a dead endpoint fails fast.
-#: ``retries``: "standard" mode, 3 attempts in all, so that botocore's retries times the pool's retries stay short.
-#: ``max_pool_connections``: HTTP connections each client keeps open (per endpoint host). boto3's own default, 10,
-#: suits one client shared by many threads; a pooled client is used by one thread at a time, which needs one
-#: connection, or two when it reads a streamed ``get_object`` body while making another call. 10 per client would
-#: let a pool of ``max_size`` clients hold up to ``10 * max_size`` sockets. urllib3 still opens a connection beyond
-#: the cap when every kept one is busy, and closes it after use with a "Connection pool is full" warning: raise the
-#: cap for clients that run boto3's managed transfers (``upload_file``/``download_file``, 10 threads by default).
 DEFAULT_CONFIG: dict[str, Any] = {
     "connect_timeout": 5,
     "read_timeout": 30,
     "retries": {"mode": "standard", "total_max_attempts": 3},
     "max_pool_connections": 2,
 }
+"""Defaults of the botocore ``Config`` every client gets; a ``config=`` passed to the connector overrides them.
+
+- ``connect_timeout``/``read_timeout``: seconds per attempt, so that a dead endpoint fails fast.
+- ``retries``: "standard" mode, 3 attempts in all, so that botocore's retries times the pool's retries stay short.
+- ``max_pool_connections``: HTTP connections each client keeps open (per endpoint host). boto3's own default, 10,
+  suits one client shared by many threads; a pooled client is used by one thread at a time, which needs one
+  connection, or two when it reads a streamed ``get_object`` body while making another call. 10 per client would
+  let a pool of ``max_size`` clients hold up to ``10 * max_size`` sockets. urllib3 still opens a connection beyond
+  the cap when every kept one is busy, and closes it after use with a "Connection pool is full" warning: raise the
+  cap for clients that run boto3's managed transfers (``upload_file``/``download_file``, 10 threads by default).
+"""
 
 # Error codes meaning the credentials are missing, wrong, expired or not allowed. HeadBucket has no response body,
 # so a refusal there only shows as the HTTP status ("403").

@@ -54,9 +54,10 @@ __all__ = [
     "s3_server",
 ]
 
-#: ``default_pool_size`` of the fixtures' bouncers, by pool mode. In session mode a server connection serves one
-#: client connection for its whole life, so the pool must cover every client the test opens at once.
 PGBOUNCER_POOL_SIZES = {"transaction": 4, "session": 8}
+"""``default_pool_size`` of the fixtures' bouncers, by pool mode. In session mode a server connection serves one client
+connection for its whole life, so the pool must cover every client the test opens at once.
+"""
 #: Prefix of the roles the fixtures' bouncers log in as on a managed PostgreSQL server (the mode follows).
 PGBOUNCER_ROLE_PREFIX = "syncpool_bouncer_"
 
