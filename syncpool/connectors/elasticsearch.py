@@ -46,14 +46,14 @@ class ElasticsearchConnector(Connector[Any]):
         hosts: One node URL or a list of them (the client spreads requests over them and skips dead ones), or a
             zero-argument callable returning either. User info in a URL (``https://user:pw@host``) is masked in
             descriptions and messages.
-        verify_on_connect: Whether :meth:`connect` calls ``info()`` once, so that wrong credentials or an
+        verify_on_connect: Whether [`connect`][] calls ``info()`` once, so that wrong credentials or an
             unreachable cluster show at connect time rather than on first use. Defaults to True.
-        client_kwargs: Passed to ``Elasticsearch``; :data:`DEFAULT_CLIENT_OPTIONS` fill in ``request_timeout``
+        client_kwargs: Passed to ``Elasticsearch``; [`DEFAULT_CLIENT_OPTIONS`][] fill in ``request_timeout``
             (10 s), ``max_retries`` (1), ``retry_on_timeout`` (False) and ``connections_per_node`` (1 HTTP
             connection per node and client; ``NodeConfig`` hosts keep their own). ``api_key``, ``basic_auth``,
             ``bearer_auth`` and ``http_auth`` may be zero-argument callables, resolved at every connect.
 
-    :meth:`check` calls ``info()`` (``GET /``), which needs the ``cluster:monitor/main`` privilege. It does not use
+    [`check`][] calls ``info()`` (``GET /``), which needs the ``cluster:monitor/main`` privilege. It does not use
     ``ping()``, which answers False both for a dead cluster and for refused credentials.
     """
 
@@ -82,7 +82,7 @@ class ElasticsearchConnector(Connector[Any]):
     def connect(self) -> Any:
         """Make a client and (``verify_on_connect``) call ``info()`` once.
 
-        Raises :class:`~syncpool.AuthError` on 401/403; other errors are re-raised as the client raised them, with
+        Raises [`AuthError`][] on 401/403; other errors are re-raised as the client raised them, with
         any secret removed from their message.
         """
         from elasticsearch import Elasticsearch

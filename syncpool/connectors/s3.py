@@ -101,13 +101,13 @@ class S3Connector(Connector[Any]):
     boto3 sessions are not thread-safe, so no client is ever made from the shared default session.
 
     Args:
-        bucket: A bucket the clients will use. :meth:`check` calls ``head_bucket`` on it (cheap, and it needs only
+        bucket: A bucket the clients will use. [`check`][] calls ``head_bucket`` on it (cheap, and it needs only
             the permissions the application has anyway); without one it calls ``list_buckets``.
-        config: A ``botocore.config.Config`` merged over :data:`DEFAULT_CONFIG` (connect timeout 5 s, read timeout
+        config: A ``botocore.config.Config`` merged over [`DEFAULT_CONFIG`][] (connect timeout 5 s, read timeout
             30 s, standard retry mode with 3 attempts in all, 2 HTTP connections kept per client): the settings
             it gives win, the others keep their defaults. ``Config(max_pool_connections=10)`` restores boto3's
             own connection count, e.g. for clients that run managed transfers.
-        verify_on_connect: Whether :meth:`connect` makes the :meth:`check` call once. boto3 clients connect lazily,
+        verify_on_connect: Whether [`connect`][] makes the [`check`][] call once. boto3 clients connect lazily,
             so without it wrong credentials would only show on first use. Defaults to True.
         client_kwargs: ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``, ``region_name``,
             ``profile_name`` go to the session; the rest (``endpoint_url``, ``verify``...) to
@@ -155,9 +155,9 @@ class S3Connector(Connector[Any]):
         return config
 
     def connect(self) -> Any:
-        """Make a session and a client, then (``verify_on_connect``) make the :meth:`check` call once.
+        """Make a session and a client, then (``verify_on_connect``) make the [`check`][] call once.
 
-        Raises :class:`~syncpool.AuthError` when the credentials are missing or refused; other errors are re-raised
+        Raises [`AuthError`][] when the credentials are missing or refused; other errors are re-raised
         as botocore raised them, with any secret removed from their message.
         """
         import boto3.session
@@ -192,7 +192,7 @@ class S3Connector(Connector[Any]):
     def check(self, client: Any) -> None:
         """``head_bucket`` on the configured bucket, else ``list_buckets``: one cheap request.
 
-        Bounded by the client's connect and read timeouts and retry attempts (see :data:`DEFAULT_CONFIG`).
+        Bounded by the client's connect and read timeouts and retry attempts (see [`DEFAULT_CONFIG`][]).
         """
         if self.bucket:
             client.head_bucket(Bucket=self.bucket)
