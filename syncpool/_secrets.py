@@ -1,7 +1,7 @@
 """Keep passwords, keys and tokens out of reprs, log lines, exception messages and stats.
 
 Connectors build their ``description`` with the ``mask_*`` helpers, and pass every exception message they re-raise
-through :func:`redact` (or :func:`scrub_exception`) with the secret values they know of, because client libraries
+through ``redact`` (or ``scrub_exception``) with the secret values they know of, because client libraries
 sometimes echo what they were given (libpq quotes pieces of a malformed conninfo, for instance).
 """
 
@@ -217,7 +217,7 @@ def mask_mapping(mapping: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def mapping_secrets(mapping: Mapping[str, Any]) -> list[str]:
-    """Return the secret values held in ``mapping`` (and in the URLs it holds), for :func:`redact`.
+    """Return the secret values held in ``mapping`` (and in the URLs it holds), for ``redact``.
 
     Basic-auth pairs and API keys also yield their base64 ``Authorization`` header forms, which some clients show.
     """

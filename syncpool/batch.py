@@ -1,8 +1,8 @@
 """Batches: run ``fn(client, item)`` over many items on worker threads that share one pool.
 
-:func:`map_pool` is the whole implementation (``Pool.map`` delegates to it). Failures never pass silently: by
-default a batch in which anything failed raises :class:`BatchError` once it has finished, carrying the
-:class:`BatchResult` with every success and every failure.
+[`map_pool`][] is the whole implementation (``Pool.map`` delegates to it). Failures never pass silently: by
+default a batch in which anything failed raises [`BatchError`][] once it has finished, carrying the
+[`BatchResult`][] with every success and every failure.
 
 How it works:
     The calling thread pulls items from the iterable, one at a time and only while fewer than ``2 * workers`` are
@@ -10,16 +10,16 @@ How it works:
     ``syncpool-<pool>-batch-<n>`` take them off, lease a client, call ``fn`` and give the client back. So a lazy
     generator of millions of items is never materialised, and a generator is only ever advanced by the calling
     thread (generators are not thread-safe). The calling thread also draws the progress bar and watches the
-    deadline; every worker is joined before :func:`map_pool` returns or raises.
+    deadline; every worker is joined before [`map_pool`][] returns or raises.
 
-    This module sits above the pool and never imports :mod:`syncpool.pool`: it leases through
-    :class:`~syncpool.protocols.PoolLike`, and retries through :func:`syncpool.retry.run`, which is what
+    This module sits above the pool and never imports ``syncpool.pool``: it leases through
+    [`PoolLike`][], and retries through [`syncpool.retry.run`][], which is what
     ``Pool.run`` calls.
 
 Hazards:
     A running ``fn`` cannot be interrupted: cancelling (first error with ``on_error="cancel"``, the deadline,
     Ctrl-C) stops new items from starting and waits for those already running, which then give their client back
-    as usual. An ``fn`` that hangs therefore holds up :func:`map_pool`; bound its I/O with client timeouts. The
+    as usual. An ``fn`` that hangs therefore holds up [`map_pool`][]; bound its I/O with client timeouts. The
     same goes for an iterable whose ``next()`` blocks: the calling thread looks at the deadline between items.
 """
 
@@ -47,8 +47,8 @@ R = TypeVar("R")
 #: With ``progress=None``, a bar is drawn when stderr is a terminal and the batch has more items than this.
 PROGRESS_MIN_ITEMS = 100
 
-#: What :func:`map_pool` does when an item fails; see its ``on_error`` argument.
 OnError = Literal["raise", "collect", "cancel"]
+"""What [`map_pool`][] does when an item fails; see its ``on_error`` argument."""
 _ON_ERROR = ("raise", "collect", "cancel")
 
 _TICK = 0.1  # seconds between the calling thread's looks at the deadline and the progress bar
@@ -57,7 +57,7 @@ _STOP = object()  # queue sentinel: one per worker
 
 @dataclass
 class BatchResult(Generic[R]):
-    """What :func:`map_pool` did.
+    """What [`map_pool`][] did.
 
     Attributes:
         results: With ``ordered=True``, one entry per item taken from the iterable, in input order: the value
@@ -95,7 +95,7 @@ class BatchResult(Generic[R]):
             raise self.errors[0][2]
 
     def __iter__(self) -> Iterator[R | None]:
-        """Iterate over :attr:`results`."""
+        """Iterate over ``results``."""
         return iter(self.results)
 
     def __len__(self) -> int:
@@ -111,17 +111,17 @@ class BatchResult(Generic[R]):
 class BatchError(Exception):
     """A batch finished with items that failed, were cancelled or ran out of time.
 
-    Raised by :func:`map_pool` (and ``Pool.map``) after the batch has finished, every worker joined, unless
+    Raised by [`map_pool`][] (and ``Pool.map``) after the batch has finished, every worker joined, unless
     ``on_error="collect"``. Its message gives the counts and the first failure's type and message (secrets
     masked); ``__cause__`` is that first failure (lowest index), None when only the deadline cancelled items.
 
     A plain ``Exception`` rather than an ``ExceptionGroup``: ``ExceptionGroup`` does not exist on Python 3.10, it
     cannot be empty (a batch cut short by its deadline may have no failure), and a traceback would print every
     member of a group that can hold thousands; ``result.errors`` holds them all instead. Not a
-    :class:`~syncpool.PoolError` either: the pool did its job, the items' work failed.
+    [`PoolError`][] either: the pool did its job, the items' work failed.
 
     Attributes:
-        result: The :class:`BatchResult`, with every success and every failure.
+        result: The [`BatchResult`][], with every success and every failure.
     """
 
     def __init__(self, message: str, result: BatchResult[Any]) -> None:
@@ -149,24 +149,24 @@ def map_pool(
     """Call ``fn(client, item)`` for every item, on worker threads that each lease a client per item.
 
     Args:
-        pool: The pool to lease from: a :class:`~syncpool.Pool`, or any :class:`~syncpool.protocols.PoolLike`.
+        pool: The pool to lease from: a [`Pool`][], or any [`PoolLike`][].
         fn: Called as ``fn(client, item)`` with a leased client; the client goes back to the pool when it returns
             or raises.
         items: Any iterable, including a lazy generator: at most ``2 * workers`` items are pulled ahead of the
             ones finished, and only the calling thread advances it.
         workers: Worker threads. Defaults to the pool's ``max_size``, and is never more than that (a worker
             beyond ``max_size`` could only queue for a lease) nor more than the number of items when known.
-        ordered: Whether :attr:`BatchResult.results` follows the input order (with None for failed items) or
+        ordered: Whether ``BatchResult.results`` follows the input order (with None for failed items) or
             holds the successful values in the order they finished. Defaults to True.
         retry: None (the default) makes one attempt per item, since ``fn`` may not be idempotent (an insert).
-            Otherwise a policy as for ``Pool.run`` (:func:`syncpool.retry.run`): True for its defaults, a
-            :class:`~syncpool.retry.RetryPolicy` or a ``tenacity.Retrying``; a failed attempt is then retried on
-            a fresh lease while the connector's :meth:`~syncpool.Connector.is_transient` (or the policy) says
+            Otherwise a policy as for ``Pool.run`` ([`syncpool.retry.run`][]): True for its defaults, a
+            [`RetryPolicy`][] or a ``tenacity.Retrying``; a failed attempt is then retried on
+            a fresh lease while the connector's [`is_transient`][Connector.is_transient] (or the policy) says
             so, within the time the batch has left.
         on_error: What a failed item does to the batch. ``"raise"`` (the default) runs every item, then raises
-            :class:`BatchError` if any failed. ``"collect"`` runs every item and returns the
-            :class:`BatchResult` with the failures in it, never raising for them. ``"cancel"`` stops starting
-            new items at the first failure (items already running finish), then raises :class:`BatchError`.
+            [`BatchError`][] if any failed. ``"collect"`` runs every item and returns the
+            [`BatchResult`][] with the failures in it, never raising for them. ``"cancel"`` stops starting
+            new items at the first failure (items already running finish), then raises [`BatchError`][].
             (``"continue"``, the old name of ``"collect"``, is refused with a ValueError that says so.)
         progress: True draws a progress bar on stderr (``\\r`` updates: count, percent, rate, ETA); False draws
             none; None (the default) draws one when stderr is a terminal and more than ``PROGRESS_MIN_ITEMS``
@@ -174,23 +174,23 @@ def map_pool(
             thread about ten times a second while work progresses and once at the end (``total`` is None when
             the iterable has no ``len``).
         timeout: Seconds the whole batch may take. When they are up, items not yet started are cancelled
-            (:attr:`BatchResult.timed_out`); leases and retries in flight are bounded by the time left. Items cut
-            off this way raise :class:`BatchError` as failures do, unless ``on_error="collect"``. None (the
+            (``BatchResult.timed_out``); leases and retries in flight are bounded by the time left. Items cut
+            off this way raise [`BatchError`][] as failures do, unless ``on_error="collect"``. None (the
             default) for no bound.
 
     Returns:
-        The :class:`BatchResult`: with ``"raise"`` and ``"cancel"``, one in which every item succeeded; with
+        The [`BatchResult`][]: with ``"raise"`` and ``"cancel"``, one in which every item succeeded; with
         ``"collect"``, whatever happened.
 
     Raises:
         BatchError: Some items failed, were cancelled or ran out of time (not with ``on_error="collect"``).
             Raised after the batch has finished and every worker is joined; ``error.result`` is the
-            :class:`BatchResult` and ``error.__cause__`` the first failure (lowest index).
+            [`BatchResult`][] and ``error.__cause__`` the first failure (lowest index).
         ValueError, TypeError: A bad argument.
         KeyboardInterrupt: Ctrl-C while the batch runs: items not started are dropped, running ones finish and
             return their clients, every worker is joined, then the interrupt propagates. The same happens for any
             exception raised by the iterable itself or by a ``progress`` callable, and for a ``BaseException``
-            (not ``Exception``) raised by ``fn``: these propagate as they are, not as a :class:`BatchError`.
+            (not ``Exception``) raised by ``fn``: these propagate as they are, not as a [`BatchError`][].
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable as fn(client, item), not {type(fn).__name__}")
@@ -246,7 +246,7 @@ def map_pool(
 
 
 def _summary(pool_name: str, result: BatchResult[Any], timeout: float | None) -> str:
-    """The message of a :class:`BatchError`: counts, then the first failure, with no secret and no item."""
+    """The message of a [`BatchError`][]: counts, then the first failure, with no secret and no item."""
     taken = result.succeeded + result.failed + result.cancelled
     text = f"pool {pool_name!r}: {result.failed} of {taken} items failed"
     if result.cancelled:
@@ -287,7 +287,7 @@ def _reconcile_workers(pool: PoolLike[Any], workers: int | None, total: int | No
 
 
 class _Run:
-    """The state one :func:`map_pool` call shares between its calling thread and its workers."""
+    """The state one [`map_pool`][] call shares between its calling thread and its workers."""
 
     def __init__(
         self,

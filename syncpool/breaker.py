@@ -1,15 +1,15 @@
 """The circuit breaker: fail leases fast while connects keep failing, and probe the backend one connect at a time.
 
-States (:class:`~syncpool.BreakerState`):
+States ([`BreakerState`][]):
 
 - ``closed``: connects flow as the pool needs them.
 - ``open``: ``threshold`` connects in a row failed. A lease that cannot be served by an idle member fails at once
-  with :class:`~syncpool.PoolUnavailable` instead of waiting out its timeout; background retries go on at the
+  with [`PoolUnavailable`][] instead of waiting out its timeout; background retries go on at the
   reconnect backoff.
 - ``half_open``: one probe connect is under way, started by a lease (at most once per ``probe_interval``) or by the
   background retry. Its success closes the breaker; its failure opens it again.
 
-Every method is called with the pool lock held. State changes are queued and handed to :meth:`take_changes`, so
+Every method is called with the pool lock held. State changes are queued and handed to ``take_changes``, so
 that they are logged and reported to listeners outside the lock, in order.
 """
 

@@ -1,8 +1,8 @@
 """Health checks with a deadline: a check that hangs gives up its member instead of holding capacity for good.
 
-A connector whose :meth:`~syncpool.Connector.check` enforces its own deadline says so with ``check_timeout``; its
-checks run directly in the thread that needs them (``inline``). For any other, a :class:`Check` runs
-:meth:`Connector.check` on a thread of its own (named ``syncpool-<pool>-check``) and waits at most ``timeout``
+A connector whose [`check`][Connector.check] enforces its own deadline says so with ``check_timeout``; its
+checks run directly in the thread that needs them (``inline``). For any other, a ``Check`` runs
+[`Connector.check`][] on a thread of its own (named ``syncpool-<pool>-check``) and waits at most ``timeout``
 seconds. A check that returns or raises in time gives its verdict. One that overruns, or whose
 waiting caller is interrupted, is abandoned: the caller frees the member's slot at once, and when the check finally
 ends its thread closes the client (``on_late``), so nobody waits on it and nothing else can use it meanwhile. A
@@ -55,7 +55,7 @@ class Check:
 
         Returns:
             None if it passed, what it raised if it failed (any ``BaseException`` on its own thread is a failed
-            check), or :data:`OVERRAN`.
+            check), or ``OVERRAN``.
 
         Raises:
             BaseException: Whatever interrupts the wait (KeyboardInterrupt...), after abandoning the check; for an

@@ -1,18 +1,18 @@
 """Call statistics: counted, timed and classified without a lock on the call path; safe across ``os.fork()``.
 
-A :class:`ClientStats` collects what :class:`~syncpool.monitoring.MonitoredClient` wrappers (and the
-:func:`~syncpool.monitoring.monitored` decorator) record: per method name, the count of calls, their latency
+A [`ClientStats`][] collects what [`MonitoredClient`][] wrappers (and the
+[`monitored`][] decorator) record: per method name, the count of calls, their latency
 histogram, the failed ones by exception class, and a per-second count for the recent rate. Many wrappers may share
 one, as the members of a ``monitor=True`` pool do.
 
 How a call is recorded
 ----------------------
-Each method name has a recorder: a list of pending durations, a latency :class:`~syncpool.histogram.Histogram`,
+Each method name has a recorder: a list of pending durations, a latency [`Histogram`][],
 counters and a lock. A call reads ``time.perf_counter()`` before and after and appends the difference to the
 pending list without taking any lock: ``list.append`` is atomic (under the GIL, and under the per-object lock of
 free-threaded builds), so counts stay exact under any number of threads. Time is cut into 50 ms slots, and every
 pending duration belongs to a call that ended in the current slot. Under the recorder's lock, the first call that
-ends in a later slot, every failed call and :meth:`ClientStats.stats` fold the pending durations into the histogram
+ends in a later slot, every failed call and [`ClientStats.stats`][] fold the pending durations into the histogram
 in one batch and count them against the second their slot lies in. That gives the per-second counts behind
 ``ops_per_sec_recent`` without a timestamp per call, and bounds the pending list to one slot's calls. What this
 costs per call is measured by ``benchmarks/bench_monitor.py``.
@@ -25,11 +25,11 @@ Hazards, and why each is harmless:
   path; a thread preempted between its clock reading and its append has its call counted in a later slot. The
   recent rate may move a call by a slot; the totals stay exact.
 * ``os.fork()`` copies the forking thread only: a lock that another thread held stays held forever in the child.
-  Each :class:`ClientStats` registers with :mod:`syncpool.forking` and, in a child, replaces its own lock and those
+  Each [`ClientStats`][] registers with ``syncpool.forking`` and, in a child, replaces its own lock and those
   of its recorders and their histograms. The child starts from the parent's figures; where a fold was under way
   at that instant, the calls it was moving may be lost or half counted (in the latency sums, in the recent rate),
   while the operation count stays the latency count, by construction.
-* Call wrappers hold the bound ``append`` of their recorder's list, so :meth:`ClientStats.reset` empties the lists
+* Call wrappers hold the bound ``append`` of their recorder's list, so [`ClientStats.reset`][] empties the lists
   in place and never replaces them.
 * Statistics hold exception class names, never messages (which may quote a query, a key or a password).
 """
@@ -51,7 +51,7 @@ _SLOTS_PER_SECOND = 20  # 50 ms fold slots
 
 
 class _MethodStats:
-    """Counters of one method name inside a :class:`ClientStats` (internal).
+    """Counters of one method name inside a [`ClientStats`][] (internal).
 
     Invariant: every duration in ``pending`` belongs to a call that ended before ``rollover``, i.e. inside the slot
     ``_slot`` (modulo a thread preempted between its clock read and its append, which can only push a call into a
@@ -105,7 +105,7 @@ class _MethodStats:
         """Record a successful operation that ran from ``start`` to ``end`` (clock readings).
 
         ``syncpool.monitoring`` inlines the first branch in its call wrapper, holding the bound ``append`` of
-        ``pending``: so :meth:`reset` empties the list in place and never replaces it.
+        ``pending``: so ``reset`` empties the list in place and never replaces it.
         """
         if end < self.rollover:
             self.pending.append(end - start)
@@ -152,7 +152,7 @@ def _summary(operations: int, errors: int, recent: int, uptime: float, window: i
 
 
 class ClientStatsMark:
-    """A moment in the life of a :class:`ClientStats`, for :meth:`ClientStats.changes` (opaque)."""
+    """A moment in the life of a [`ClientStats`][], for [`ClientStats.changes`][] (opaque)."""
 
     __slots__ = ("taken", "methods")
 
@@ -162,16 +162,16 @@ class ClientStatsMark:
 
 
 class ClientStats:
-    """Call statistics shared by any number of :class:`MonitoredClient` wrappers.
+    """Call statistics shared by any number of [`MonitoredClient`][] wrappers.
 
     A pool with ``monitor=True`` owns one and passes it as ``sink=`` to the wrapper of every member, so its
-    :meth:`stats` aggregate the calls of all members, past and present. Recording is lock-free (see the module
-    docstring); :meth:`stats` folds each method's pending calls under that method's lock and builds the
+    [`stats`][] aggregate the calls of all members, past and present. Recording is lock-free (see the module
+    docstring); [`stats`][] folds each method's pending calls under that method's lock and builds the
     result from one pass, so within a method ``errors <= operations`` and the latency count equals
     ``operations``. Safe to use in a child process forked while other threads were recording.
 
     Args:
-        name: Reported as ``name`` in :meth:`stats` (a pool name, ``"s3"``...). Never put a secret in it.
+        name: Reported as ``name`` in [`stats`][] (a pool name, ``"s3"``...). Never put a secret in it.
         window: Length in whole seconds of the recent-rate window (``ops_per_sec_recent``). Defaults to 60.
         clock: Monotonic clock in seconds, injectable for tests. Defaults to ``time.perf_counter``.
 
@@ -214,24 +214,24 @@ class ClientStats:
         return recorder
 
     def stats(self) -> dict[str, Any]:
-        """Return a snapshot of the statistics since this object was created (or :meth:`reset`).
+        """Return a snapshot of the statistics since this object was created (or [`reset`][]).
 
         Returns:
             A dict with ``name``; ``operations``, ``errors``, ``ops_per_sec`` (since start or reset),
             ``error_rate`` (errors / operations) and ``ops_per_sec_recent`` (over the last ``window``
             seconds, at one-second resolution; over the uptime while that is shorter); ``window``;
             ``uptime`` (seconds); ``errors_by_type`` (exception class name -> count); ``latency`` (a
-            :meth:`Histogram.snapshot` of every call, failed ones included); and ``methods``, mapping each
+            [`Histogram.snapshot`][] of every call, failed ones included); and ``methods``, mapping each
             method name to a dict with the same keys except ``name``, ``window``, ``uptime`` and ``methods``.
         """
         return self.changes(None)[0]
 
     def changes(self, mark: ClientStatsMark | None) -> tuple[dict[str, Any], ClientStatsMark]:
-        """Return :meth:`stats` counting only what was recorded after ``mark``, and a mark of now.
+        """Return [`stats`][] counting only what was recorded after ``mark``, and a mark of now.
 
         ``mark`` is what an earlier call returned, or None for everything. Nothing is reset, so several readers
         (a pool's ``pop_stats()``, an exporter) never disturb one another. ``uptime`` and the rates then cover the
-        time since ``mark``; ``ops_per_sec_recent`` is the recent rate, as in :meth:`stats`.
+        time since ``mark``; ``ops_per_sec_recent`` is the recent rate, as in [`stats`][].
         """
         with self._lock:
             recorders = sorted(self._methods.items())

@@ -1,31 +1,35 @@
 """Build pools from configuration: a mapping (as loaded from YAML, TOML or JSON) or environment variables.
 
-A pool's configuration has three sections, and nothing else::
+A pool's configuration has three sections, and nothing else:
 
-    {
-        "connector": "postgres",             # postgres | s3 | elasticsearch | sqlite | callable:module:attr
-        "options": {"conninfo": "host=db"},  # keyword arguments of the connector
-        "pool": {"max_size": 8},             # keyword arguments of syncpool.Pool
-    }
+```python
+{
+    "connector": "postgres",             # postgres | s3 | elasticsearch | sqlite | callable:module:attr
+    "options": {"conninfo": "host=db"},  # keyword arguments of the connector
+    "pool": {"max_size": 8},             # keyword arguments of syncpool.Pool
+}
+```
 
 There is no flat form: keeping connector options apart from pool options means a typo in either is caught
 (``pool.max_sise: unknown option; did you mean max_size?``) instead of being passed to the client library.
 
-Every error is a :class:`ValueError` whose message starts with the full path of the offending key
+Every error is a ``ValueError`` whose message starts with the full path of the offending key
 (``pools.jobs.pool.max_size: expected an integer, got 'ten'``) or the name of the offending environment variable.
 Values of keys or variables that look secret (``password``, ``dsn``, ``conninfo``, ``secret``, ``token``...) are
 never repeated in a message.
 
 Environment variables (prefix ``SYNCPOOL_`` by default; ``<NAME>`` is the pool name upper-cased, with ``-`` and
-``.`` turned into ``_``)::
+``.`` turned into ``_``):
 
-    SYNCPOOL_<NAME>_CONNECTOR=postgres         the connector (required)
-    SYNCPOOL_<NAME>_DSN=host=db user=app       postgres only: the conninfo (SYNCPOOL_<NAME>_CONNINFO also works)
-    SYNCPOOL_<NAME>_MAX_SIZE=8                 any Pool option, upper-cased
-    SYNCPOOL_<NAME>_DATABASE=/tmp/app.db       a named parameter of the connector (sqlite's database, s3's
-                                               bucket, elasticsearch's hosts, comma-separated)
-    SYNCPOOL_<NAME>_OPTION_APPLICATION_NAME=x  any other connector keyword (libpq parameters, boto3 and
-                                               elasticsearch client options), passed as a string
+```text
+SYNCPOOL_<NAME>_CONNECTOR=postgres         the connector (required)
+SYNCPOOL_<NAME>_DSN=host=db user=app       postgres only: the conninfo (SYNCPOOL_<NAME>_CONNINFO also works)
+SYNCPOOL_<NAME>_MAX_SIZE=8                 any Pool option, upper-cased
+SYNCPOOL_<NAME>_DATABASE=/tmp/app.db       a named parameter of the connector (sqlite's database, s3's
+                                           bucket, elasticsearch's hosts, comma-separated)
+SYNCPOOL_<NAME>_OPTION_APPLICATION_NAME=x  any other connector keyword (libpq parameters, boto3 and
+                                           elasticsearch client options), passed as a string
+```
 
 Strings are converted to the option's type: integers, seconds (``inf`` and ``none`` where the option allows them),
 booleans (``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off``). Any other variable starting with the
@@ -62,21 +66,20 @@ __all__ = [
     "pools_from_config",
 ]
 
-#: Connector names accepted by ``"connector"``, and the class each stands for (imported when used; importing a
-#: connector module imports no client library).
 CONNECTORS: dict[str, str] = {
     "postgres": "syncpool.connectors.postgres:PostgresConnector",
     "s3": "syncpool.connectors.s3:S3Connector",
     "elasticsearch": "syncpool.connectors.elasticsearch:ElasticsearchConnector",
     "sqlite": "syncpool.connectors.sqlite:SQLiteConnector",
 }
+"""Connector names accepted by ``"connector"``, and the class each stands for (imported when used; importing a connector
+module imports no client library).
+"""
 
 # Kinds of Pool options, for validation and for converting environment strings.
 _INT, _INT_OR_NONE, _SECONDS, _SECONDS_OR_INF, _SECONDS_OR_NONE = "int", "int?", "s", "s|inf", "s?"
 _STR, _BOOL, _BACKOFF, _CALLABLE = "str", "bool", "backoff", "callable"
 
-#: The :class:`~syncpool.Pool` options a configuration may set, and their kinds. ``reconnect_backoff`` is a mapping
-#: of :class:`~syncpool.Backoff` fields; ``reconnect_failed`` is a ``"module:attr"`` string (or a callable).
 POOL_OPTIONS: dict[str, str] = {
     "min_size": _INT,
     "max_size": _INT,
@@ -99,6 +102,9 @@ POOL_OPTIONS: dict[str, str] = {
     "monitor": _BOOL,
     "idle_order": _STR,
 }
+"""The [`Pool`][] options a configuration may set, and their kinds. ``reconnect_backoff`` is a mapping of
+[`Backoff`][] fields; ``reconnect_failed`` is a ``"module:attr"`` string (or a callable).
+"""
 
 _SECTIONS = ("connector", "options", "pool")
 _BACKOFF_FIELDS = ("initial", "maximum", "jitter")
@@ -304,14 +310,14 @@ def _check_options(target: Any, options: Any, where: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class PoolConfig:
-    """A validated pool configuration: what :func:`parse_config` and :func:`config_from_env` return.
+    """A validated pool configuration: what [`parse_config`][] and [`config_from_env`][] return.
 
     Two configurations are equal when they would build the same pool (the registry relies on it).
 
     Attributes:
         connector: The connector name (``"postgres"``...) or ``"callable:module:attr"``.
         options: Keyword arguments of the connector.
-        pool: Keyword arguments of :class:`~syncpool.Pool`, checked and converted.
+        pool: Keyword arguments of [`Pool`][], checked and converted.
     """
 
     connector: str
@@ -321,7 +327,7 @@ class PoolConfig:
     def make_connector(self) -> Connector[Any]:
         """Instantiate the connector: a connector class gets ``options`` as keyword arguments; any other callable
         becomes a zero-argument factory (``options`` bound as its keyword arguments) wrapped in a
-        :class:`~syncpool.CallableConnector`; a :class:`~syncpool.Connector` instance is used as it is."""
+        [`CallableConnector`][]; a [`Connector`][] instance is used as it is."""
         target = _connector_target(self.connector, "connector")
         if isinstance(target, Connector):
             if self.options:
@@ -362,7 +368,7 @@ class PoolConfig:
 
 
 def parse_config(mapping: Mapping[str, Any], *, path: str = "") -> PoolConfig:
-    """Validate a pool's configuration mapping and return it as a :class:`PoolConfig` (no pool is built).
+    """Validate a pool's configuration mapping and return it as a [`PoolConfig`][] (no pool is built).
 
     Args:
         mapping: ``{"connector": ..., "options": {...}, "pool": {...}}``; ``options`` and ``pool`` may be omitted.

@@ -1,8 +1,8 @@
 """The boundary between a pool and the client it pools.
 
 A pool knows nothing of PostgreSQL, S3 or Elasticsearch: everything client-specific enters through a
-:class:`Connector`. The pool promises never to call a connector method while holding its own lock, so every
-method may block, but the ones called on the lease path (:meth:`Connector.is_broken`, :meth:`Connector.reset`)
+[`Connector`][]. The pool promises never to call a connector method while holding its own lock, so every
+method may block, but the ones called on the lease path ([`Connector.is_broken`][], [`Connector.reset`][])
 are paid on every return and should be cheap.
 """
 
@@ -20,7 +20,7 @@ _member_index: ContextVar[int | None] = ContextVar("syncpool_member_index", defa
 
 
 def current_member_index() -> int | None:
-    """Inside :meth:`Connector.connect`, the index of the pool member being created; None anywhere else.
+    """Inside [`Connector.connect`][], the index of the pool member being created; None anywhere else.
 
     Indexes are small integers, unique among a pool's live members and reused when a member is replaced, so they
     stay below ``max_size``: handy to give each connection its own name, e.g.
@@ -33,25 +33,26 @@ def current_member_index() -> int | None:
 class Connector(Generic[T]):
     """Makes, checks, resets and closes one kind of client.
 
-    Subclass it and override :meth:`connect` (the only abstract method); the defaults of the others suit a client
+    Subclass it and override [`connect`][] (the only abstract method); the defaults of the others suit a client
     that has no notion of being broken and nothing to reset. Instances must be safe to call from several threads at
     once: the pool calls them from user threads and from its background workers.
     """
 
-    #: Human-readable name of the backend, used in log lines and error messages. It must never contain a secret.
     description: str = "client"
+    """Human-readable name of the backend, used in log lines and error messages. It must never contain a secret."""
 
-    #: Seconds within which :meth:`check` ends on its own (it enforces this deadline itself), or None if it may hang.
-    #: With None the pool runs every check on a thread of its own and gives it up after ``health_check_timeout``;
-    #: with a number it calls :meth:`check` directly in the thread that needs it, which costs no thread.
     check_timeout: float | None = None
+    """Seconds within which [`check`][] ends on its own (it enforces this deadline itself), or None if it may hang.
+    With None the pool runs every check on a thread of its own and gives it up after ``health_check_timeout``; with a
+    number it calls [`check`][] directly in the thread that needs it, which costs no thread.
+    """
 
     def connect(self) -> T:
         """Create and return a new client.
 
-        Called by a pool worker thread (or by :meth:`Pool.open` with ``wait=True``), never with the pool lock held,
+        Called by a pool worker thread (or by [`Pool.open`][] with ``wait=True``), never with the pool lock held,
         whenever the pool grows, refills or replaces a client. It may block for as long as a connect takes; it should
-        apply its own connect timeout so that it cannot block forever. Raise :class:`~syncpool.AuthError` when the
+        apply its own connect timeout so that it cannot block forever. Raise [`AuthError`][] when the
         backend refuses the credentials so that the pool reports it at once instead of retrying.
         """
         raise NotImplementedError
@@ -61,14 +62,14 @@ class Connector(Generic[T]):
 
         Called by the health-check pass on idle clients (taken out of the pool first) and, when configured, on lease
         for clients idle for a while. It may block (a round trip to the server). It is never called with the pool
-        lock held. Unless :attr:`check_timeout` says it bounds its own time, each call runs on a thread of its own
+        lock held. Unless [`check_timeout`][] says it bounds its own time, each call runs on a thread of its own
         that the pool gives up after ``health_check_timeout``.
         """
 
     def is_broken(self, client: T) -> bool:
         """Return True if ``client`` must be discarded instead of going back to the pool.
 
-        Called on every return (by the default :meth:`release` for ``with`` blocks), so it must be fast and must
+        Called on every return (by the default [`release`][] for ``with`` blocks), so it must be fast and must
         not do I/O: look at local state only (a closed flag, a transaction status).
         """
         return False
@@ -76,7 +77,7 @@ class Connector(Generic[T]):
     def reset(self, client: T) -> None:
         """Bring a returned client back to a clean state (roll back, clear session state).
 
-        Called on every return (by the default :meth:`release` for ``with`` blocks) after :meth:`is_broken` said
+        Called on every return (by the default [`release`][] for ``with`` blocks) after [`is_broken`][] said
         the client is fine, so a cheap no-op is the ideal for a client that is already clean. If it raises, the
         client is discarded and replaced.
         """
@@ -84,11 +85,11 @@ class Connector(Generic[T]):
     def release(self, client: T, error: BaseException | None) -> bool:
         """End a ``with pool.connection()`` block's work on ``client`` and say whether it may be reused.
 
-        Called in the leasing thread when the block ends, instead of the :meth:`is_broken` / :meth:`reset` pair
-        that :meth:`Pool.putconn` calls: ``error`` is None for a clean exit, else the :class:`Exception` the block
+        Called in the leasing thread when the block ends, instead of the [`is_broken`][] / [`reset`][] pair
+        that [`Pool.putconn`][] calls: ``error`` is None for a clean exit, else the ``Exception`` the block
         raised (it propagates unchanged afterwards). This is where a database connector commits on a clean exit and
         rolls back otherwise. Return True to give the client back to the pool, False to discard it (it is closed
-        and replaced). The default returns ``not is_broken(client)``, calling :meth:`reset` first when it is
+        and replaced). The default returns ``not is_broken(client)``, calling [`reset`][] first when it is
         reusable; an override usually ends with ``return super().release(client, error)``. It runs on every lease,
         so an idle client should cost no I/O.
 
@@ -121,27 +122,27 @@ class Connector(Generic[T]):
         """
 
     def is_auth_error(self, error: BaseException) -> bool:
-        """Return True if ``error``, raised by :meth:`connect`, means the credentials were refused."""
+        """Return True if ``error``, raised by [`connect`][], means the credentials were refused."""
         return False
 
     def is_permanent(self, error: BaseException) -> bool:
-        """Return True if ``error``, raised by :meth:`connect`, means no retry can succeed until something changes.
+        """Return True if ``error``, raised by [`connect`][], means no retry can succeed until something changes.
 
-        For example an unknown database. Like refused credentials (:meth:`is_auth_error`), such an error reaches
-        every waiting caller at once, as :class:`~syncpool.ConnectRejected`, instead of each caller waiting out its
+        For example an unknown database. Like refused credentials ([`is_auth_error`][]), such an error reaches
+        every waiting caller at once, as [`ConnectRejected`][], instead of each caller waiting out its
         timeout; the pool still retries in the background with its backoff. The default says False.
         """
         return False
 
     def monitor_options(self) -> dict[str, Any]:
-        """Return keyword arguments for the :class:`~syncpool.MonitoredClient` a ``monitor=True`` pool wraps
+        """Return keyword arguments for the [`MonitoredClient`][] a ``monitor=True`` pool wraps
         around each client (which results to wrap too, which attributes are namespaces...). Defaults to none."""
         return {}
 
     def is_transient(self, error: BaseException) -> bool:
         """Return True if an operation that raised ``error`` may succeed if retried on a fresh client.
 
-        Called by :meth:`Pool.run` on each failure; it must only look at the exception. Connection losses,
+        Called by [`Pool.run`][] on each failure; it must only look at the exception. Connection losses,
         timeouts, throttling and "unavailable" answers are transient; bad requests, missing objects and refused
         credentials are not. The default says False: nothing is retried unless the connector knows its client.
         """
@@ -177,7 +178,7 @@ class CallableConnector(Connector[T]):
 
 
 def as_connector(connector_or_factory: Connector[T] | Callable[[], T]) -> Connector[T]:
-    """Return ``connector_or_factory`` as a :class:`Connector`, wrapping a plain callable."""
+    """Return ``connector_or_factory`` as a [`Connector`][], wrapping a plain callable."""
     if isinstance(connector_or_factory, Connector):
         return connector_or_factory
     if callable(connector_or_factory):

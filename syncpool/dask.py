@@ -1,23 +1,23 @@
 """Pools on Dask distributed workers: one set per worker process, opened and closed with the worker.
 
-::
+```python
+from distributed import Client
+from syncpool import registry
+from syncpool.dask import PoolPlugin, stats
 
-    from distributed import Client
-    from syncpool import registry
-    from syncpool.dask import PoolPlugin, stats
+POOLS = {"db": {"connector": "postgres", "options": {"conninfo": DSN}, "pool": {"max_size": 4}}}
 
-    POOLS = {"db": {"connector": "postgres", "options": {"conninfo": DSN}, "pool": {"max_size": 4}}}
+def load(rows):
+    with registry.get_pool("db").connection() as conn:   # this worker process's own pool
+        ...
 
-    def load(rows):
-        with registry.get_pool("db").connection() as conn:   # this worker process's own pool
-            ...
+client = Client("tcp://scheduler:8786")
+client.register_plugin(PoolPlugin(POOLS))    # every worker now, and every worker that joins later
+client.gather(client.map(load, partitions))
+print(stats(client)["total"]["db"]["leases_total"])
+```
 
-    client = Client("tcp://scheduler:8786")
-    client.register_plugin(PoolPlugin(POOLS))    # every worker now, and every worker that joins later
-    client.gather(client.map(load, partitions))
-    print(stats(client)["total"]["db"]["leases_total"])
-
-:class:`PoolPlugin` carries nothing but the configuration to the workers; each worker process builds its own pools
+[`PoolPlugin`][] carries nothing but the configuration to the workers; each worker process builds its own pools
 from it (connections never cross a process boundary) and closes them when the worker shuts down. A worker that dies
 and is restarted by its nanny gets fresh pools. Needs the ``dask`` extra (``pip install "syncpool[dask]"``).
 """
@@ -53,7 +53,7 @@ class PoolPlugin(WorkerPlugin):
 
     Register it with ``client.register_plugin(PoolPlugin(pools))``: workers running at that moment open the pools
     at once, workers that join later (or are restarted by their nanny) when they start. Tasks get a pool with
-    :func:`syncpool.registry.get_pool` by its name. Registering another plugin of the same ``name`` replaces this one
+    [`syncpool.registry.get_pool`][] by its name. Registering another plugin of the same ``name`` replaces this one
     (its pools are closed first); ``client.unregister_worker_plugin(name)`` closes them.
 
     Only the configuration is pickled and sent to the workers: each worker process builds its own pools from it.
@@ -62,12 +62,12 @@ class PoolPlugin(WorkerPlugin):
 
     Connection strings and other secrets travel inside the configuration (the scheduler keeps it, pickled, to hand
     to new workers); to keep them off the wire, give None as a pool's configuration and set its
-    ``SYNCPOOL_<NAME>_*`` variables (:mod:`syncpool.config`) in the workers' environment instead. The plugin's
+    ``SYNCPOOL_<NAME>_*`` variables ([`syncpool.config`][]) in the workers' environment instead. The plugin's
     repr and log lines mask them either way.
 
     Args:
-        pools: Pool name -> configuration: a :mod:`syncpool.config` mapping, a
-            :class:`~syncpool.config.PoolConfig`, or None for the worker's environment variables. Validated here.
+        pools: Pool name -> configuration: a [`syncpool.config`][] mapping, a
+            [`PoolConfig`][syncpool.config.PoolConfig], or None for the worker's environment variables. Validated here.
         name: The plugin's name on the cluster. Defaults to ``"syncpool"``.
         close_timeout: Seconds leases in flight get to come back when the worker shuts down, for all the pools
             together. Defaults to 5.0.
@@ -130,15 +130,15 @@ class PoolPlugin(WorkerPlugin):
 
 
 def stats(client: Client) -> dict[str, Any]:
-    """Collect the statistics of the pools :class:`PoolPlugin` opened, from every worker of ``client``'s cluster.
+    """Collect the statistics of the pools [`PoolPlugin`][] opened, from every worker of ``client``'s cluster.
 
     Args:
-        client: A synchronous :class:`distributed.Client`.
+        client: A synchronous ``distributed.Client``.
 
     Returns:
         ``{"workers": {address: {"pid": ..., "host": ..., "pools": {name: Pool.stats()}}}, "total": {name: ...}}``.
         Each ``Pool.stats()`` includes ``clients``, the client statistics, for pools with ``monitor=True``.
-        ``total`` merges each pool's statistics over the worker processes with :func:`merge_stats` (workers
+        ``total`` merges each pool's statistics over the worker processes with [`merge_stats`][] (workers
         sharing one process are counted once).
     """
     reports: dict[str, dict[str, Any]] = client.run(_worker_report)
@@ -152,7 +152,7 @@ def stats(client: Client) -> dict[str, Any]:
 
 
 def _worker_report(dask_worker: Worker) -> dict[str, Any]:
-    """Run on each worker by :func:`stats`: the statistics of the pools its :class:`PoolPlugin` instances hold."""
+    """Run on each worker by [`stats`][]: the statistics of the pools its [`PoolPlugin`][] instances hold."""
     names = [
         name for plugin in dask_worker.plugins.values() if isinstance(plugin, PoolPlugin) for name in plugin.opened
     ]

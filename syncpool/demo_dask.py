@@ -2,14 +2,16 @@
 # (much of distributed is not annotated)
 """The demo's Dask engine: a batch load partitioned across Dask worker processes.
 
-:class:`DaskEngine` starts a local cluster of worker processes (or joins a running scheduler), opens the same pools
-in every worker process with :class:`~syncpool.dask.PoolPlugin`, and runs :func:`~syncpool.batch.map_pool` on one
-partition of the items per worker process::
+``DaskEngine`` starts a local cluster of worker processes (or joins a running scheduler), opens the same pools
+in every worker process with [`PoolPlugin`][syncpool.dask.PoolPlugin], and runs [`map_pool`][] on one
+partition of the items per worker process:
 
-    with DaskEngine(processes=4) as engine:
-        engine.open_pools({"postgres": {"connector": "postgres", "options": {"conninfo": dsn}}})
-        result = engine.map("postgres", insert_row, rows, workers=8)   # 4 processes x 8 threads
-        print(result.succeeded, engine.stats()["total"]["postgres"]["size"])
+```python
+with DaskEngine(processes=4) as engine:
+    engine.open_pools({"postgres": {"connector": "postgres", "options": {"conninfo": dsn}}})
+    result = engine.map("postgres", insert_row, rows, workers=8)   # 4 processes x 8 threads
+    print(result.succeeded, engine.stats()["total"]["postgres"]["size"])
+```
 
 ``python -m syncpool demo --engine dask`` is built on it, and so can a benchmark be: ``fn`` and the items are
 pickled to the workers (a module-level function travels by reference), the pools' configuration through the
@@ -65,7 +67,7 @@ class PartitionResult:
 
 @dataclass(frozen=True)
 class PhaseResult:
-    """One :meth:`DaskEngine.map` over every worker process.
+    """One ``DaskEngine.map`` over every worker process.
 
     Attributes:
         partitions: One result per worker process, in partition order.
@@ -93,14 +95,14 @@ class PhaseResult:
 
 
 class DaskEngine:
-    """Runs :func:`~syncpool.batch.map_pool` partitions on Dask worker processes, each with its own pools.
+    """Runs [`map_pool`][] partitions on Dask worker processes, each with its own pools.
 
     Args:
         processes: Worker processes of the local cluster (one thread each: the partition's own ``map_pool``
             threads do the work). Ignored with ``scheduler``. Defaults to 2.
         scheduler: Address of a running Dask scheduler (``tcp://host:8786``) whose workers to use instead of a
             local cluster; the pools must be reachable from those workers.
-        plugin_name: Name of the :class:`~syncpool.dask.PoolPlugin` on the cluster. Defaults to
+        plugin_name: Name of the [`PoolPlugin`][syncpool.dask.PoolPlugin] on the cluster. Defaults to
             ``"syncpool-demo"``.
         connect_timeout: Seconds to wait for the scheduler and for a first worker. Defaults to 30.0.
 
@@ -155,7 +157,7 @@ class DaskEngine:
 
     @property
     def client(self) -> Client:
-        """The :class:`distributed.Client` (after :meth:`start`)."""
+        """The ``distributed.Client`` (after ``start``)."""
         if self._client is None:
             raise RuntimeError("DaskEngine: call start() first")
         return self._client
@@ -165,7 +167,7 @@ class DaskEngine:
         return dict(sorted(self.client.run(os.getpid).items()))
 
     def open_pools(self, pools: Mapping[str, Any]) -> None:
-        """Open ``pools`` (name -> :mod:`syncpool.config` mapping) in every worker process, now and as they join."""
+        """Open ``pools`` (name -> [`syncpool.config`][] mapping) in every worker process, now and as they join."""
         from .dask import PoolPlugin
 
         self.client.register_plugin(PoolPlugin(pools, name=self.plugin_name))
@@ -197,7 +199,7 @@ class DaskEngine:
         return PhaseResult(partitions, time.monotonic() - started)
 
     def stats(self) -> dict[str, Any]:
-        """:func:`syncpool.dask.stats` of the cluster: each worker's pools and their total."""
+        """[`syncpool.dask.stats`][] of the cluster: each worker's pools and their total."""
         from .dask import stats
 
         return stats(self.client)

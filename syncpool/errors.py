@@ -1,15 +1,17 @@
 """Exceptions raised by syncpool.
 
-Every exception the pools raise on their own account derives from :class:`PoolError`::
+Every exception the pools raise on their own account derives from [`PoolError`][]:
 
-    PoolError
-    ├── PoolTimeout          no client could be leased in time
-    │   └── PoolUnavailable  the circuit breaker is open: the backend keeps refusing connections
-    ├── PoolClosed           the pool is closed (or was closed while waiting)
-    ├── TooManyWaiters       the wait queue is full (``max_waiting``)
-    ├── ConnectRejected      the backend rejected connecting for a reason retrying cannot fix (unknown database)
-    │   └── AuthError        the backend refused our credentials
-    └── ConnectError         connecting failed (wraps the client's own error as ``__cause__``)
+```text
+PoolError
+├── PoolTimeout          no client could be leased in time
+│   └── PoolUnavailable  the circuit breaker is open: the backend keeps refusing connections
+├── PoolClosed           the pool is closed (or was closed while waiting)
+├── TooManyWaiters       the wait queue is full (max_waiting)
+├── ConnectRejected      the backend rejected connecting for a reason retrying cannot fix (unknown database)
+│   └── AuthError        the backend refused our credentials
+└── ConnectError         connecting failed (wraps the client's own error as __cause__)
+```
 
 Errors raised by a client inside a ``with pool.connection()`` block are never wrapped: they reach the caller as the
 client raised them.

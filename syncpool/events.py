@@ -1,4 +1,4 @@
-"""Listeners: callbacks a pool calls when something happens to it (see :meth:`syncpool.Pool.add_listener`)."""
+"""Listeners: callbacks a pool calls when something happens to it (see [`syncpool.Pool.add_listener`][])."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ __all__ = ["EVENTS", "Listeners"]
 
 logger = logging.getLogger("syncpool")
 
-#: Events a listener can subscribe to with :meth:`Pool.add_listener`, and the keyword arguments each one gets.
 EVENTS = {
     "connect": "duration (seconds the connect took)",
     "connect_failed": "error, attempt (consecutive failures), duration",
@@ -26,12 +25,13 @@ EVENTS = {
     "reload": "(nothing)",
     "breaker": "state (closed, open or half_open)",
 }
+"""Events a listener can subscribe to with [`Pool.add_listener`][], and the keyword arguments each one gets."""
 
 
 class Listeners:
     """The callbacks of one pool, by event.
 
-    The table is replaced, never changed in place, so :meth:`emit` reads it without a lock from any thread.
+    The table is replaced, never changed in place, so ``emit`` reads it without a lock from any thread.
     Callbacks get the pool (through a weak reference: listeners never keep a pool alive) and the event's info.
     """
 

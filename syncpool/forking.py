@@ -2,13 +2,13 @@
 
 ``os.fork()`` copies the memory of the calling thread only. A lock that another thread held at that moment stays
 held forever in the child, and a thread the parent ran does not exist there. Every object of this package that owns
-a lock or a thread registers itself here with :func:`register`; in the child, right after the fork, each one's
+a lock or a thread registers itself here with ``register``; in the child, right after the fork, each one's
 ``_after_fork_in_child()`` is called to re-create its locks and forget the parent's threads. Objects that must not
 be copied mid-decision also get ``_before_fork()`` / ``_after_fork_in_parent()`` around the fork (a pool holds its
 lock across it, so the child never inherits a half-made decision).
 
 Registration keeps only a weak reference. Hooks run in registration order, oldest first; one that raises is logged
-and the others still run. The registry takes no lock (a dict update is atomic), so :func:`register` may be called
+and the others still run. The registry takes no lock (a dict update is atomic), so ``register`` may be called
 from anywhere, including under another lock and from a weak-reference callback.
 """
 

@@ -1,10 +1,10 @@
 """Members in and out: connects with backoff and the circuit breaker, and the closes of retired members.
 
-Connects run on the pool's worker threads; leasing threads only ask for them (:meth:`Grower.wake`,
-:meth:`Grower.wake_probe`), which queues a task and returns. So a lease that is interrupted at any point can never
+Connects run on the pool's worker threads; leasing threads only ask for them (``Grower.wake``,
+``Grower.wake_probe``), which queues a task and returns. So a lease that is interrupted at any point can never
 leave a connect counted that nobody runs: the counting and the running happen on the same worker, and a request
 that was lost is made again by the next lease or maintenance run. Closes run in the thread that retired the member
-(:meth:`Grower.close_retired`), one member at a time, each accounted for in a ``finally``.
+(``Grower.close_retired``), one member at a time, each accounted for in a ``finally``.
 
 Growth: fill to ``min_size`` in parallel; beyond it, one connect at a time while callers wait (a burst of short
 leases is mostly served by returns, and the next connect starts only if callers are still waiting when one

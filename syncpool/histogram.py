@@ -11,7 +11,7 @@ about 640). ``count``, ``sum``, ``min`` and ``max`` are exact, and percentiles a
 
 Because the index is a bit field, a batch of values is bucketed without one Python-level operation per value:
 the doubles are reinterpreted as 64-bit integers (``array``), shifted by ``map`` and counted by
-``collections.Counter``, all in C; see :meth:`Histogram.add_many`.
+``collections.Counter``, all in C; see [`Histogram.add_many`][].
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ DEFAULT_BOUNDS: tuple[float, ...] = (
     1.0, 2.5, 5.0,
     10.0, 30.0, 60.0,
 )  # fmt: skip
-"""Default export bounds (seconds) for :meth:`Histogram.buckets`: 100 µs to one minute, 1-2.5-5 steps."""
+"""Default export bounds (seconds) for [`Histogram.buckets`][]: 100 µs to one minute, 1-2.5-5 steps."""
 
 _QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 
@@ -100,7 +100,7 @@ def _representative(index: int, low: float, high: float) -> float:
 
 
 class Histogram:
-    """Latency histogram whose percentiles are within :data:`RELATIVE_ERROR` (< 1 %) of the true value.
+    """Latency histogram whose percentiles are within [`RELATIVE_ERROR`][] (< 1 %) of the true value.
 
     64 log-linear sub-buckets per power of two; see the module docstring for the error bound and the memory
     bound. Percentiles use the nearest-rank definition (the smallest recorded value such that at
@@ -108,12 +108,12 @@ class Histogram:
 
     Two ways to write:
 
-    * :meth:`record` takes the histogram's own lock: safe from any thread.
-    * :meth:`add` takes no lock (one bit-field read, one dict update): for a caller that
+    * [`record`][] takes the histogram's own lock: safe from any thread.
+    * [`add`][] takes no lock (one bit-field read, one dict update): for a caller that
       serialises writes itself, such as a pool recording lease wait times under its own lock.
 
-    :meth:`snapshot` and :meth:`buckets` may be called from any thread, even while another thread calls
-    :meth:`add` under a foreign lock: they copy the bucket table in one step (atomic under the GIL and under
+    [`snapshot`][] and [`buckets`][] may be called from any thread, even while another thread calls
+    [`add`][] under a foreign lock: they copy the bucket table in one step (atomic under the GIL and under
     free-threading's per-object locks), so they never fail; ``sum``/``min``/``max`` may then include a value
     or two more than ``count``.
     """
@@ -213,7 +213,7 @@ class Histogram:
         """Return an independent copy of this histogram.
 
         Returns:
-            A new :class:`Histogram` with the same contents.
+            A new [`Histogram`][] with the same contents.
         """
         counts, total, low, high = self._state()
         clone = Histogram()
@@ -226,10 +226,10 @@ class Histogram:
         """Return the values recorded after ``earlier``, a copy of this histogram taken before.
 
         ``count``, ``sum`` and the buckets are exact; ``min`` and ``max`` are those of the changed buckets, clamped to
-        this histogram's, so within :data:`RELATIVE_ERROR` of the exact ones.
+        this histogram's, so within [`RELATIVE_ERROR`][] of the exact ones.
 
         Args:
-            earlier: A copy (:meth:`copy`) of this histogram from an earlier moment.
+            earlier: A copy ([`copy`][]) of this histogram from an earlier moment.
         """
         counts, total, low, high = self._state()
         before, before_total, _, _ = earlier._state()
@@ -256,7 +256,7 @@ class Histogram:
             self._add_counts(counts, sum(counts.values()), total, low, high)
 
     def reset(self) -> None:
-        """Forget every recorded value; thread-safe with respect to :meth:`record`."""
+        """Forget every recorded value; thread-safe with respect to [`record`][]."""
         with self._lock:
             self._counts = {}
             self._count = 0
@@ -267,8 +267,8 @@ class Histogram:
     def _after_fork_in_child(self) -> None:
         """Replace the lock, which a thread of the parent may have held at the fork (called by the histogram's owner).
 
-        Histograms do not register with :mod:`syncpool.forking` themselves: their owners (a pool, a
-        :class:`~syncpool.monitoring.ClientStats`) know which ones outlive the fork and call this for them.
+        Histograms do not register with ``syncpool.forking`` themselves: their owners (a pool, a
+        [`ClientStats`][]) know which ones outlive the fork and call this for them.
         """
         self._lock = threading.Lock()
 
@@ -303,7 +303,7 @@ class Histogram:
         return result
 
     def percentile(self, quantile: float) -> float:
-        """Return one percentile (nearest rank), within :data:`RELATIVE_ERROR` of the true value.
+        """Return one percentile (nearest rank), within [`RELATIVE_ERROR`][] of the true value.
 
         Args:
             quantile: Between 0 and 1, e.g. ``0.999``.
@@ -335,7 +335,7 @@ class Histogram:
         than 1.6 % below a bound may be counted in the next bucket up; counts are otherwise exact.
 
         Args:
-            bounds: Increasing upper bounds in seconds. Defaults to :data:`DEFAULT_BOUNDS`.
+            bounds: Increasing upper bounds in seconds. Defaults to [`DEFAULT_BOUNDS`][].
 
         Returns:
             ``(upper_bound, cumulative_count)`` pairs, one per bound, then ``(math.inf, count)``.

@@ -1,7 +1,7 @@
 """What a pool holds, and the one lock that guards all of it.
 
 Every part of a pool (the lease path in ``pool.py``, growth, maintenance, health checks) reads and changes the same
-:class:`Inventory` under its ``lock``. The lock guards decisions only: no connector call, callback or other blocking
+``Inventory`` under its ``lock``. The lock guards decisions only: no connector call, callback or other blocking
 call is ever made while it is held. See ``docs/design.md`` for the parts and the flow of a lease.
 """
 
@@ -29,12 +29,12 @@ class Inventory:
     Invariants, whenever the lock is free:
 
     - ``size()``, which counts all of the above, is at most ``max_size``: growth never starts a connect that would
-      pass it. Only :meth:`~syncpool.Pool.resize` can leave more (``shrunk`` is then set, and members that come
+      pass it. Only [`Pool.resize`][] can leave more (``shrunk`` is then set, and members that come
       back are retired until the pool fits).
     - A waiter is in ``waiters`` exactly until it is handed a member or failed; a handed member is already in
       ``leased``.
     - ``waiters`` is non-empty only while ``idle`` is empty, except for the moment between a member becoming idle
-      and the next decision: every decision that adds to ``idle`` hands to waiters first (:meth:`hand_over`).
+      and the next decision: every decision that adds to ``idle`` hands to waiters first (``hand_over``).
     """
 
     __slots__ = (

@@ -1,14 +1,14 @@
 """The lease path: how a caller gets a client and gives it back.
 
-:class:`Lease` is the context manager of ``pool.connection()`` and the record of one lease while it is being made;
-:class:`LeasePath` is the part of :class:`~syncpool.Pool` that leases, queues, waits, checks, gives back and undoes.
+[`Lease`][] is the context manager of ``pool.connection()`` and the record of one lease while it is being made;
+``LeasePath`` is the part of [`Pool`][] that leases, queues, waits, checks, gives back and undoes.
 The common case, an idle member taken at once and given back, is written out in ``Lease.__enter__`` and
 ``Lease.__exit__``: a lease+return costs a few microseconds, most of them the Python calls themselves, so the path
 makes as few as it can. ``docs/design.md`` walks through it.
 
 Interruptions: a caller can be interrupted at any bytecode (a signal's KeyboardInterrupt, an asynchronous exception).
 The lease records what the pool did on its behalf (``member``, ``waiter``, ``check``) in the same lock hold that did
-it, before anything else can happen, so whatever exception leaves ``__enter__`` or :meth:`Pool.getconn`, ``_undo``
+it, before anything else can happen, so whatever exception leaves ``__enter__`` or [`Pool.getconn`][], ``_undo``
 finds what to give back, which queue entry to remove, or which check to abandon. On the way back, the lease knows
 the number of its lease of the member (``Member.leases`` counts them): an interrupt discards the member only while
 that lease still holds it, never once it has been handed to someone else.
@@ -50,20 +50,20 @@ NEW, OPEN = PoolState.NEW, PoolState.OPEN
 
 
 class Lease(Generic[T]):
-    """The context manager returned by :meth:`Pool.connection`: leases on enter, always gives back on exit.
+    """The context manager returned by [`Pool.connection`][]: leases on enter, always gives back on exit.
 
-    Entering leases a client (waiting up to the ``timeout`` given to :meth:`~Pool.connection`). Leaving gives it
-    back and lets any exception of the block propagate: after a clean exit or an ``Exception``,
-    :meth:`Connector.release` sees how the block ended and the client goes back to the pool (or is replaced if it
+    Entering leases a client (waiting up to the ``timeout`` given to [`connection`][Pool.connection]). Leaving gives
+    it back and lets any exception of the block propagate: after a clean exit or an ``Exception``,
+    [`Connector.release`][] sees how the block ended and the client goes back to the pool (or is replaced if it
     is broken); after a ``BaseException`` that is not an ``Exception`` (KeyboardInterrupt, SystemExit, an
     asynchronous timeout) the client may have been cut off mid-exchange, so it is closed and replaced instead. A
     lease may be entered again once it has been left, not while it is entered.
 
-    :meth:`Pool.getconn` leases through a ``Lease`` too, and :meth:`Pool.putconn` gives back by the same path
-    (without ``release``): the ``lease`` and ``return`` events of :meth:`Pool.add_listener` see every lease.
+    [`Pool.getconn`][] leases through a ``Lease`` too, and [`Pool.putconn`][] gives back by the same path
+    (without ``release``): the ``lease`` and ``return`` events of [`Pool.add_listener`][] see every lease.
     """
 
-    #: Whether :meth:`Connector.release` ends the lease (a ``with`` block), or ``is_broken`` and ``reset`` (putconn).
+    #: Whether [`Connector.release`][] ends the lease (a ``with`` block), or ``is_broken`` and ``reset`` (putconn).
     _block = True
 
     # What the pool does on this caller's behalf, each set in the lock hold that does it. The class holds the
@@ -191,7 +191,7 @@ class Lease(Generic[T]):
 
 
 class PutBack(Lease[Any]):
-    """How :meth:`Pool.putconn` gives a member back: the return path of a ``with`` block, but with ``is_broken`` and
+    """How [`Pool.putconn`][] gives a member back: the return path of a ``with`` block, but with ``is_broken`` and
     ``reset`` (a rollback) instead of ``Connector.release``, as getconn/putconn always did."""
 
     _block = False
@@ -207,9 +207,9 @@ def _retire_reason(inv: Inventory, member: Member, now: float) -> str:
 
 
 class LeasePath:
-    """The lease path of :class:`~syncpool.Pool` (a base class of it): everything between a caller and a member.
+    """The lease path of [`Pool`][] (a base class of it): everything between a caller and a member.
 
-    Reads the pool's parts, which :class:`~syncpool.Pool` sets up.
+    Reads the pool's parts, which [`Pool`][] sets up.
     """
 
     name: str
@@ -265,7 +265,7 @@ class LeasePath:
         """Lease the next fresh idle member into ``lease`` and return it, or queue the caller (None); or fail fast.
 
         Raises:
-            PoolClosed, TooManyWaiters, PoolUnavailable: As documented on :meth:`getconn`.
+            PoolClosed, TooManyWaiters, PoolUnavailable: As documented on [`getconn`][Pool.getconn].
         """
         inv = self._inv
         grower = self._grower

@@ -2,10 +2,10 @@
 
 Both tasks run on the pool's workers, re-armed by the scheduler whatever they do (see ``scheduler.py``):
 
-- :meth:`Maintenance.tidy`, every ``PoolOptions.maintenance_interval()``: retire idle members past their lifetime
+- ``Maintenance.tidy``, every ``PoolOptions.maintenance_interval()``: retire idle members past their lifetime
   or idle above ``min_size`` for ``max_idle``, report leases held past ``leak_threshold``, and start the connects
   the pool lacks (a refill after an outage, a request a lease could not make).
-- :meth:`Maintenance.health_pass`, every ``health_check_interval``: take idle members out one at a time (least
+- ``Maintenance.health_pass``, every ``health_check_interval``: take idle members out one at a time (least
   recently used first), check each with a deadline outside the lock (see ``checks.py``), and put it back or
   replace it. At most one pass runs at a time.
 """

@@ -1,9 +1,9 @@
 """Count, time and classify the calls made on any blocking client, and on what its calls return.
 
-:class:`MonitoredClient` wraps an object (a boto3 client, a psycopg connection, an ``Elasticsearch``
+[`MonitoredClient`][] wraps an object (a boto3 client, a psycopg connection, an ``Elasticsearch``
 instance, ...) and behaves like it, while every public method call is counted, timed and, when it raises,
 classified by exception type; the exception itself reaches the caller unchanged. Statistics live in a
-:class:`~syncpool.clientstats.ClientStats` (how a call is recorded without a lock is told there), which many
+[`ClientStats`][] (how a call is recorded without a lock is told there), which many
 wrappers may share: a pool created with ``monitor=True`` owns one and wraps every member with
 ``MonitoredClient(raw, name=pool.name, sink=pool.client_stats, **connector.monitor_options())``, so the pool reports
 its members' calls aggregated.
@@ -18,7 +18,7 @@ Wrapping rules
   (the elasticsearch-py ``NamespacedClient`` convention; ``s3.meta`` stays a plain attribute).
 * Values returned by calls are returned as they are, except for the calls named in ``results=``: their result is
   wrapped too, because it is what does the work (a cursor, a paginator's pages, a ``COPY``), and a
-  :class:`WrapResult` says what to record on it. ``with conn.cursor() as cur: cur.execute(...)`` is then recorded
+  [`WrapResult`][] says what to record on it. ``with conn.cursor() as cur: cur.execute(...)`` is then recorded
   as ``cursor`` and ``cursor.execute``. A pool takes these rules from ``Connector.monitor_options()``; the
   PostgreSQL and S3 connectors set them (``docs/monitoring.md`` lists the names they record).
 * Everything else (data attributes, ``_private`` names, classes such as ``s3.exceptions.NoSuchKey``) passes
@@ -39,7 +39,7 @@ its methods, recording or not, are put on a proxy class made for that class, whi
 * A cached wrapper keeps calling the method it was made for: replace methods through the proxy (which drops the
   cache entry), not on the wrapped object behind its back.
 * The proxies hold no lock and no thread: after ``os.fork()`` they work as they did, and their statistics are made
-  safe by :class:`~syncpool.clientstats.ClientStats`.
+  safe by [`ClientStats`][].
 * A ``"block"`` result remembers when it was entered, so it is entered once at a time, like what it wraps; an
   ``"iteration"`` result that is left early closes the iterator it was reading, so that a generator doing I/O
   cleans up at once rather than at garbage collection.
@@ -48,11 +48,11 @@ its methods, recording or not, are put on a proxy class made for that class, whi
 
 isinstance
 ----------
-The documented way is :func:`unwrap` (or the ``wrapped`` attribute): ``isinstance(unwrap(c), Cls)``.
+The documented way is [`unwrap`][] (or the ``wrapped`` attribute): ``isinstance(unwrap(c), Cls)``.
 In addition the proxies report the wrapped object's class through ``__class__`` (the ``wrapt`` /
 ``unittest.mock`` technique), so ``isinstance(c, type(raw))`` is also true for code you do not control
 (``elasticsearch.helpers.bulk(c, ...)``, a cursor passed to a library); ``type(c)`` still tells the truth
-(:class:`MonitoredClient`) and ``isinstance(c, MonitoredClient)`` holds.
+([`MonitoredClient`][]) and ``isinstance(c, MonitoredClient)`` holds.
 """
 
 from __future__ import annotations
@@ -79,9 +79,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass(frozen=True, kw_only=True)
 class WrapResult:
-    """How a :class:`MonitoredClient` monitors what one of its calls returns (the values of ``results=``).
+    """How a [`MonitoredClient`][] monitors what one of its calls returns (the values of ``results=``).
 
-    The result is wrapped in a proxy that behaves like it (``isinstance`` and :func:`unwrap` work as on the
+    The result is wrapped in a proxy that behaves like it (``isinstance`` and [`unwrap`][] work as on the
     client itself) and records the calls named by ``methods``; if the result, used as a context manager, enters as
     itself, the proxy enters as itself too, so that the calls inside ``with conn.cursor() as cur:`` are recorded.
     ``measure`` says what one operation under the call's own name is:
@@ -286,7 +286,7 @@ def _is_namespace(name: str, value: Any, namespaces: frozenset[str] | None) -> b
 
 
 class _Proxy:
-    """Shared machinery of :class:`MonitoredClient`, nested namespace proxies and wrapped results."""
+    """Shared machinery of [`MonitoredClient`][], nested namespace proxies and wrapped results."""
 
     __slots__ = ("_sp_target", "_sp_scope", "__dict__", "__weakref__")  # the dict caches wrappers
 
@@ -345,7 +345,7 @@ class _Proxy:
 
     @property
     def monitor(self) -> ClientStats:
-        """The :class:`ClientStats` this proxy records into."""
+        """The [`ClientStats`][] this proxy records into."""
         return self._sp_scope.monitor
 
     def __dir__(self) -> Iterable[str]:
@@ -384,7 +384,7 @@ class _Namespace(_Proxy):
 
 
 class _Result(_Proxy):
-    """The result of a call named in ``results=``, monitored as its :class:`WrapResult` says."""
+    """The result of a call named in ``results=``, monitored as its [`WrapResult`][] says."""
 
     __slots__ = ("_sp_started",)
 
@@ -456,11 +456,13 @@ class _Result(_Proxy):
 class MonitoredClient(_Proxy):
     """Wrap ``client`` so that it behaves like ``client`` while every public method call is recorded.
 
-    Example::
+    For example:
 
-        s3 = MonitoredClient(boto3.client("s3"), name="s3")
-        s3.put_object(Bucket="b", Key="k", Body=b"...")
-        s3.stats()["operations"]  # 1
+    ```python
+    s3 = MonitoredClient(boto3.client("s3"), name="s3")
+    s3.put_object(Bucket="b", Key="k", Body=b"...")
+    s3.stats()["operations"]  # 1
+    ```
 
     Failed calls are counted (per exception class name) and the exception is re-raised unchanged. See the
     module docstring for the wrapping rules and for ``isinstance`` (``unwrap(c)`` or ``c.wrapped``).
@@ -468,17 +470,17 @@ class MonitoredClient(_Proxy):
     Args:
         client: Any object.
         name: Name reported in the statistics. Defaults to the wrapped class name.
-        sink: The :class:`ClientStats` to record into, shared between wrappers (a pool passes its own).
+        sink: The [`ClientStats`][] to record into, shared between wrappers (a pool passes its own).
             Defaults to a new one.
         namespaces: Attribute names to treat as nested API namespaces; ``None`` (default) guesses: non-callable
             attributes whose class name ends in ``Client``.
         results: The calls whose results are monitored too, by their recorded name (``"cursor"``,
-            ``"cursor.copy"``, ``"indices.get_alias"``), each with a :class:`WrapResult` saying how. For example
+            ``"cursor.copy"``, ``"indices.get_alias"``), each with a [`WrapResult`][] saying how. For example
             ``{"cursor": WrapResult(methods=("execute", "executemany"))}`` records ``cur.execute(...)`` as
             ``cursor.execute``. Defaults to none: results are returned as they are.
 
     Raises:
-        TypeError: If ``results`` is not a mapping of names to :class:`WrapResult`.
+        TypeError: If ``results`` is not a mapping of names to [`WrapResult`][].
     """
 
     __slots__ = ()
@@ -502,11 +504,11 @@ class MonitoredClient(_Proxy):
         super().__init__(client, _Scope(sink, "", None if namespaces is None else frozenset(namespaces), rules))
 
     def stats(self) -> dict[str, Any]:
-        """Return the statistics of the sink (see :meth:`ClientStats.stats`); shared sinks report all wrappers."""
+        """Return the statistics of the sink (see [`ClientStats.stats`][]); shared sinks report all wrappers."""
         return self._sp_scope.monitor.stats()
 
     def reset(self) -> None:
-        """Zero the statistics of the sink (see :meth:`ClientStats.reset`)."""
+        """Zero the statistics of the sink (see [`ClientStats.reset`][])."""
         self._sp_scope.monitor.reset()
 
     def __enter__(self) -> Any:
@@ -538,7 +540,7 @@ _INTERNAL = frozenset({"_sp_target", "_sp_scope", "_sp_started"})
 
 
 def unwrap(obj: Any) -> Any:
-    """Return the object behind any number of :class:`MonitoredClient`, namespace and result proxies.
+    """Return the object behind any number of [`MonitoredClient`][], namespace and result proxies.
 
     This is the documented way to type-check: ``isinstance(unwrap(client), psycopg.Connection)``.
 
@@ -554,10 +556,10 @@ def unwrap(obj: Any) -> Any:
 
 
 def monitor_of(obj: Any) -> ClientStats:
-    """Return the :class:`ClientStats` behind a monitored client, function, class or instance of such a class.
+    """Return the [`ClientStats`][] behind a monitored client, function, class or instance of such a class.
 
     Args:
-        obj: A :class:`MonitoredClient`, a namespace or result proxy, or something decorated with :func:`monitored`.
+        obj: A [`MonitoredClient`][], a namespace or result proxy, or something decorated with [`monitored`][].
 
     Returns:
         The statistics object.
@@ -594,24 +596,26 @@ def _monitor_class(cls: type, sink: ClientStats) -> type:
 
 
 def monitored(target: Any = None, *, name: str | None = None, sink: ClientStats | None = None) -> Any:
-    """Decorate a function or a class so that its calls are recorded like a :class:`MonitoredClient`'s.
+    """Decorate a function or a class so that its calls are recorded like a [`MonitoredClient`][]'s.
 
     On a function, each call is recorded under the function's ``__name__``. On a class, the public methods
     (plain, static and class methods) defined in the class body itself are replaced in place, so instances
-    stay genuine instances; all instances share one :class:`ClientStats`. Get it with :func:`monitor_of`::
+    stay genuine instances; all instances share one [`ClientStats`][]. Get it with [`monitor_of`][]:
 
-        @monitored
-        def fetch(key): ...
+    ```python
+    @monitored
+    def fetch(key): ...
 
-        @monitored(name="repo")
-        class Repository: ...
+    @monitored(name="repo")
+    class Repository: ...
 
-        monitor_of(fetch).stats(); monitor_of(Repository).stats()
+    monitor_of(fetch).stats(); monitor_of(Repository).stats()
+    ```
 
     Args:
         target: The function or class (when used without parentheses).
         name: Name reported in the statistics. Defaults to the ``__qualname__``.
-        sink: A :class:`ClientStats` to share. Defaults to a new one.
+        sink: A [`ClientStats`][] to share. Defaults to a new one.
 
     Returns:
         The monitored function or class, or a decorator when called with keywords only.

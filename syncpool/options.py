@@ -1,6 +1,6 @@
 """A pool's options, validated once at construction.
 
-:class:`PoolOptions` holds every keyword of :class:`~syncpool.Pool` except the connector, the name and ``open``.
+``PoolOptions`` holds every keyword of [`Pool`][] except the connector, the name and ``open``.
 Building one checks each value and raises a ``TypeError`` (wrong kind) or ``ValueError`` (out of range) that names
 the parameter, so a typo in a configuration file fails at start-up with a message saying which option is wrong.
 The pool reads its options from here; ``resize`` is the only thing that changes sizes later.
@@ -63,7 +63,7 @@ def _callable_or_none(name: str, value: object) -> None:
 
 @dataclass(frozen=True)
 class PoolOptions:
-    """The validated options of one pool; see :class:`~syncpool.Pool` for what each one means.
+    """The validated options of one pool; see [`Pool`][] for what each one means.
 
     ``check_after_idle`` is None when disabled, as given; the pool compares against ``math.inf`` then.
     """
@@ -129,7 +129,7 @@ class PoolOptions:
         return max(0.02, min(limits))
 
     def as_dict(self) -> dict[str, Any]:
-        """The options as keyword arguments of :class:`~syncpool.Pool`."""
+        """The options as keyword arguments of [`Pool`][]."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 

@@ -1,9 +1,8 @@
 """The pool: a thread-safe, bounded, fair pool of blocking clients.
 
-:class:`Pool` is the public face. It owns the lease path (lease, wait, give back) and the life cycle, and composes
-the parts that do the rest: the :class:`~syncpool.inventory.Inventory` and its lock, the
-:class:`~syncpool.growth.Grower` (connects, the circuit breaker, closes), the
-:class:`~syncpool.maintenance.Maintenance` tasks, :class:`~syncpool.pool_stats.PoolStats` and the listeners.
+[`Pool`][] is the public face. It owns the lease path (lease, wait, give back) and the life cycle, and composes
+the parts that do the rest: the ``Inventory`` and its lock, the ``Grower`` (connects, the circuit breaker,
+closes), the ``Maintenance`` tasks, ``PoolStats`` and the listeners.
 ``docs/design.md`` describes how they fit, what the lock guards, and the invariants.
 """
 
@@ -66,11 +65,11 @@ class Pool(LeasePath, Generic[T]):
     invariants and the hazards.
 
     Args:
-        connector: A :class:`~syncpool.Connector`, or a zero-argument callable returning a new client.
+        connector: A [`Connector`][], or a zero-argument callable returning a new client.
         min_size: Clients kept open even when idle. Defaults to 0.
         max_size: Most clients that may exist at once, counting those being created. Defaults to 10.
-        timeout: Seconds a lease waits for a client before :class:`~syncpool.PoolTimeout`. Defaults to 30.0.
-        max_waiting: Most callers that may wait at once; one more gets :class:`~syncpool.TooManyWaiters` at once.
+        timeout: Seconds a lease waits for a client before [`PoolTimeout`][]. Defaults to 30.0.
+        max_waiting: Most callers that may wait at once; one more gets [`TooManyWaiters`][] at once.
             0 means no bound. Defaults to 0.
         max_lifetime: Seconds after which a client is replaced (each client's lifetime is shortened at random by up
             to 10% so they do not all reconnect together); ``math.inf`` disables it. Defaults to 60 * 60.0.
@@ -88,7 +87,7 @@ class Pool(LeasePath, Generic[T]):
         reconnect_failed: Called as ``reconnect_failed(pool)`` on a worker thread when ``reconnect_timeout``
             expires; for alerting. Defaults to None.
         health_check_interval: Seconds between health passes, which take idle clients out one at a time, run
-            :meth:`Connector.check` on them outside the lock and put them back or replace them; None disables
+            [`Connector.check`][] on them outside the lock and put them back or replace them; None disables
             them. Defaults to 30.0.
         health_check_timeout: Seconds any check (health pass or ``check_after_idle``) may take; past it the client
             is given up as failed, its slot freed at once, and it is closed when the check returns. Defaults to 5.0.
@@ -96,14 +95,14 @@ class Pool(LeasePath, Generic[T]):
             thread's time) and replaced if the check fails; 0 checks every client handed out, new and handed-over
             ones included; None disables it. Defaults to None.
         breaker_threshold: Consecutive failed connects that open the circuit breaker: leases that cannot be served
-            from idle clients then fail at once with :class:`~syncpool.PoolUnavailable` instead of waiting out
+            from idle clients then fail at once with [`PoolUnavailable`][] instead of waiting out
             their timeout, and one probe connect at a time tests the backend; the first success closes it. None
             disables the breaker. Defaults to 5.
         breaker_probe_interval: Shortest gap in seconds between probes started by leases while the breaker is
             open (background retries follow ``reconnect_backoff``). Defaults to 0.25.
-        monitor: Hand out every client wrapped in a :class:`~syncpool.MonitoredClient` that counts the calls made
+        monitor: Hand out every client wrapped in a [`MonitoredClient`][] that counts the calls made
             on it (operations, errors, rates, latencies), aggregated over the pool's members in
-            :attr:`client_stats` and in ``stats()["clients"]``. A :class:`~syncpool.monitoring.ClientStats` may be
+            [`client_stats`][] and in ``stats()["clients"]``. A [`ClientStats`][] may be
             given to share one aggregate between pools or to choose its options. Defaults to False.
         idle_order: Which idle client a lease takes: ``"lifo"``, the most recently returned one (a few clients
             stay hot and the others age out through ``max_idle``), or ``"fifo"``, the one idle the longest (every
@@ -158,11 +157,12 @@ class Pool(LeasePath, Generic[T]):
             raise TypeError(f"open must be a bool, not {type(open).__name__}")
         self.name = name
         self._log = logging.getLogger(self._logger_name)
-        #: Operation counts and latencies of the calls made on leased clients, aggregated over every member, when
-        #: the pool was created with ``monitor=True``; else None.
         self.client_stats: ClientStats | None = (
             monitor if isinstance(monitor, ClientStats) else ClientStats(name) if monitor else None
         )
+        """Operation counts and latencies of the calls made on leased clients, aggregated over every member, when the
+        pool was created with ``monitor=True``; else None.
+        """
         self._stats = PoolStats()
         self._clients_popped: ClientStatsMark | None = None  # where the previous pop_stats() left client_stats
         self._inv = Inventory(min_size, max_size, max_waiting, self._stats, idle_order)
@@ -231,7 +231,7 @@ class Pool(LeasePath, Generic[T]):
 
     @property
     def closed(self) -> bool:
-        """True unless the pool is open (so also before :meth:`open`, as in psycopg_pool)."""
+        """True unless the pool is open (so also before [`open`][], as in psycopg_pool)."""
         return self._inv.state is not OPEN
 
     def __repr__(self) -> str:
@@ -245,7 +245,7 @@ class Pool(LeasePath, Generic[T]):
         """Open the pool: start its threads and begin filling it to ``min_size``.
 
         Args:
-            wait: Block until ``min_size`` clients exist (see :meth:`wait`).
+            wait: Block until ``min_size`` clients exist (see [`wait`][]).
             timeout: Seconds to wait when ``wait`` is true.
 
         Raises:
@@ -306,7 +306,7 @@ class Pool(LeasePath, Generic[T]):
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool.
 
-        Waiters get :class:`~syncpool.PoolClosed` at once and new leases fail. Idle clients are closed now. Leases
+        Waiters get [`PoolClosed`][] at once and new leases fail. Idle clients are closed now. Leases
         still out may finish for up to ``timeout`` seconds; each is closed when it comes back. Clients still leased
         after the timeout are not closed under their user's feet (which could crash a client library mid-call):
         they are closed when returned, and a warning says how many are out. Background threads are then stopped and
@@ -381,7 +381,7 @@ class Pool(LeasePath, Generic[T]):
     def connection(self, timeout: float | None = None) -> Lease[T]:
         """Return a context manager that leases a client for the ``with`` block and always gives it back.
 
-        When the block ends normally or by an ``Exception``, :meth:`Connector.release` sees how it ended (a
+        When the block ends normally or by an ``Exception``, [`Connector.release`][] sees how it ended (a
         database connector commits or rolls back there), then the client is reset and goes back, or is replaced if
         broken; the exception propagates unchanged. When it ends by a ``BaseException`` that is not an ``Exception``
         (KeyboardInterrupt, SystemExit, an asynchronous timeout), the client may have been cut off mid-exchange: it
@@ -392,7 +392,7 @@ class Pool(LeasePath, Generic[T]):
         return Lease(self, timeout)
 
     def getconn(self, timeout: float | None = None) -> T:
-        """Lease a client; give it back with :meth:`putconn`.
+        """Lease a client; give it back with [`putconn`][].
 
         Args:
             timeout: Seconds to wait; defaults to the pool's ``timeout``. 0 fails at once unless a client is idle.
@@ -412,16 +412,16 @@ class Pool(LeasePath, Generic[T]):
         return lease.__enter__()
 
     def putconn(self, client: T) -> None:
-        """Return a client leased with :meth:`getconn`.
+        """Return a client leased with [`getconn`][].
 
-        The client is reset (see :meth:`Connector.reset`) and goes back to the pool, or is discarded and replaced
+        The client is reset (see [`Connector.reset`][]) and goes back to the pool, or is discarded and replaced
         if it is broken, failed its reset, outlived ``max_lifetime`` or the pool shrank, reloaded or closed.
 
         Raises:
             PoolError: ``client`` is not leased from this pool (returned twice, or leased from another pool).
                 A second return is caught only while nobody has leased that client again: the pool knows clients,
                 not leases, so a stray return after someone else leased it would give their client away.
-                :meth:`connection` gives back exactly once.
+                [`connection`][] gives back exactly once.
         """
         member = self._inv.leased.get(id(client))
         if member is None or member.client is not client:
@@ -448,8 +448,8 @@ class Pool(LeasePath, Generic[T]):
 
         Args:
             fn: The operation; it receives a leased client first.
-            retry: None (or True) for :class:`~syncpool.retry.RetryPolicy`'s defaults: up to 3 attempts when the
-                connector's :meth:`~syncpool.Connector.is_transient` says the error is transient (connection lost,
+            retry: None (or True) for [`RetryPolicy`][]'s defaults: up to 3 attempts when the
+                connector's [`is_transient`][Connector.is_transient] says the error is transient (connection lost,
                 timeouts, throttling, 5xx...) or the breaker is open; a ``RetryPolicy`` of your own; a
                 ``tenacity.Retrying`` whose own rules then decide; or False for a single attempt.
             deadline: Seconds all attempts together may take, lease waits and backoff sleeps included. Defaults
@@ -482,14 +482,14 @@ class Pool(LeasePath, Generic[T]):
     ) -> BatchResult[R]:
         """Run ``fn(client, item)`` for every item on worker threads that lease from this pool.
 
-        See :func:`syncpool.batch.map_pool` for every argument; in short: at most ``max_size`` workers, work in
+        See [`syncpool.batch.map_pool`][] for every argument; in short: at most ``max_size`` workers, work in
         flight bounded (a generator is never read ahead by more than twice the workers), a progress bar on a
-        terminal. Failures never pass silently: by default every item runs, then :class:`~syncpool.BatchError` is
+        terminal. Failures never pass silently: by default every item runs, then [`BatchError`][] is
         raised if any failed (its ``result`` holds every success and every failure, its ``__cause__`` the first
-        failure); ``on_error="collect"`` returns the :class:`~syncpool.BatchResult` instead, and
-        ``on_error="cancel"`` stops starting items at the first failure, then raises. Unlike :meth:`run`,
+        failure); ``on_error="collect"`` returns the [`BatchResult`][] instead, and
+        ``on_error="cancel"`` stops starting items at the first failure, then raises. Unlike [`run`][],
         ``retry=None`` makes one attempt per item, since ``fn`` may not be idempotent (an insert); pass
-        ``retry=True`` for :meth:`run`'s default policy.
+        ``retry=True`` for [`run`][]'s default policy.
 
         Raises:
             BatchError: Some items failed, were cancelled, or ``timeout`` cut the batch short (not with
@@ -503,7 +503,7 @@ class Pool(LeasePath, Generic[T]):
     def transaction(self, timeout: float | None = None) -> AbstractContextManager[T]:
         """Lease a client and run the ``with`` block in a transaction: committed on success, rolled back on error.
 
-        For clients with transactions (psycopg, sqlite3); see :func:`syncpool.transactions.transaction`.
+        For clients with transactions (psycopg, sqlite3); see [`syncpool.transactions.transaction`][].
         """
         from .transactions import transaction
 
@@ -515,7 +515,7 @@ class Pool(LeasePath, Generic[T]):
         """Check every idle client now and replace those that fail; return ``{"ok": n, "failed": n}``.
 
         Clients are taken out of the idle list one at a time (so leases barely notice), checked with
-        :meth:`Connector.check` outside the lock, and put back or discarded. A check that takes longer than
+        [`Connector.check`][] outside the lock, and put back or discarded. A check that takes longer than
         ``health_check_timeout`` counts as failed: its slot is freed at once and its client is closed when the
         check finally returns. The background health pass (``health_check_interval``) does the same.
         """
@@ -563,7 +563,7 @@ class Pool(LeasePath, Generic[T]):
     # -- events ----------------------------------------------------------------------------------------------------
 
     def add_listener(self, event: str, callback: Callable[..., object]) -> None:
-        """Call ``callback(pool, **info)`` whenever ``event`` happens; see :data:`EVENTS` for names and info.
+        """Call ``callback(pool, **info)`` whenever ``event`` happens; see [`EVENTS`][] for names and info.
 
         Callbacks run outside the pool's lock, on whichever thread caused the event (a leasing thread, a worker):
         they must be quick and must not block. An exception in a callback is logged and ignored. Listening to
@@ -583,15 +583,15 @@ class Pool(LeasePath, Generic[T]):
         """Return a snapshot of the pool's gauges, counters and histograms; ``docs/stats.md`` lists every key.
 
         Counters count since the pool was created and never go backwards (exporters publish them as monotonic
-        counters). With ``monitor=True``, ``clients`` holds :meth:`ClientStats.stats` of the calls made on leased
+        counters). With ``monitor=True``, ``clients`` holds [`ClientStats.stats`][] of the calls made on leased
         clients.
         """
         return self._snapshot(since_pop=False, mark=False)
 
     def pop_stats(self) -> dict[str, Any]:
-        """Return :meth:`stats` with counters and histograms as changes since the previous ``pop_stats()``.
+        """Return [`stats`][] with counters and histograms as changes since the previous ``pop_stats()``.
 
-        Nothing is reset: :meth:`stats` and the exporters keep counting from the pool's creation. Gauges are the
+        Nothing is reset: [`stats`][] and the exporters keep counting from the pool's creation. Gauges are the
         state now.
         """
         return self._snapshot(since_pop=True, mark=True)

@@ -1,11 +1,11 @@
 """A pool's counters and latency histograms.
 
 Counters only go up, for the life of the pool: the Prometheus and OpenTelemetry exporters publish them as monotonic
-counters. :meth:`PoolStats.pop` gives what changed since the previous pop without resetting anything.
+counters. ``PoolStats.pop`` gives what changed since the previous pop without resetting anything.
 
 Counters change under the pool lock, as part of the decisions they count. Durations (wait, use, connect) are
 appended to short pending lists under that lock too, and folded into histograms in batches outside it, under
-:class:`PoolStats`' own lock: the pool lock is never held while a histogram buckets values or a snapshot computes
+``PoolStats``' own lock: the pool lock is never held while a histogram buckets values or a snapshot computes
 percentiles.
 """
 
@@ -90,7 +90,7 @@ class PoolStats:
         self.discards[reason] += 1
 
     def take_pending(self) -> Pending:
-        """Move every pending duration out, for :meth:`fold` outside the lock. Locked."""
+        """Move every pending duration out, for ``fold`` outside the lock. Locked."""
         pending = {}
         for name, values in (
             ("use_time", self.use_times), ("wait_time", self.wait_times), ("connect_time", self.connect_times)
@@ -157,7 +157,7 @@ class PoolStats:
 
 
 def _minus(now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
-    """Subtract two counter dicts of :meth:`PoolStats.counters`, nested dicts too."""
+    """Subtract two counter dicts of ``PoolStats.counters``, nested dicts too."""
     result: dict[str, Any] = {}
     for key, value in now.items():
         if isinstance(value, dict):

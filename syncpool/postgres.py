@@ -1,32 +1,36 @@
-"""Drop-in replacements for ``psycopg_pool.ConnectionPool`` and ``NullConnectionPool``, built on :class:`syncpool.Pool`.
+"""Drop-in replacements for ``psycopg_pool.ConnectionPool`` and ``NullConnectionPool``, built on [`syncpool.Pool`][].
 
-Switching is an import change::
+Switching is an import change:
 
-    from syncpool.postgres import ConnectionPool   # was: from psycopg_pool import ConnectionPool
+```python
+from syncpool.postgres import ConnectionPool   # was: from psycopg_pool import ConnectionPool
 
-    with ConnectionPool("dbname=app", min_size=2, max_size=10, open=True) as pool:
-        with pool.connection() as conn:             # commits on success, rolls back on error
-            conn.execute("INSERT INTO t VALUES (1)")
+with ConnectionPool("dbname=app", min_size=2, max_size=10, open=True) as pool:
+    with pool.connection() as conn:             # commits on success, rolls back on error
+        conn.execute("INSERT INTO t VALUES (1)")
+```
 
 The constructor arguments, methods, properties, exceptions, error messages, statistics and log lines (on the
 ``psycopg.pool`` logger) mean what psycopg_pool's do, and the classes are generic in the connection class as
 psycopg_pool's are (``ConnectionPool[MyConnection]``); every difference that remains is listed, with its reason, in
-``docs/migrating-from-psycopg-pool.md``. A pool is also a :class:`syncpool.Pool`, so ``stats()``, listeners and the
+``docs/migrating-from-psycopg-pool.md``. A pool is also a [`syncpool.Pool`][], so ``stats()``, listeners and the
 metrics exporters work on it too.
 
 Exceptions inherit from both syncpool's and psycopg_pool's classes (psycopg's ``OperationalError`` when
 psycopg_pool is not installed), so ``except psycopg_pool.PoolTimeout``, ``except psycopg.OperationalError`` and
-``except syncpool.PoolTimeout`` all catch a :class:`PoolTimeout` raised here::
+``except syncpool.PoolTimeout`` all catch a [`PoolTimeout`][] raised here:
 
-    syncpool.PoolTimeout, psycopg_pool.PoolTimeout
-    └── PoolTimeout
-        ├── ConnectRejected   (also syncpool.ConnectRejected) the server rejected the connection: raised at once
-        │   └── AuthError     (also syncpool.AuthError) the server refused the credentials: raised at once
-        └── PoolUnavailable   (also syncpool.PoolUnavailable) the circuit breaker is open (opt-in)
-    syncpool.PoolClosed, psycopg_pool.PoolClosed
-    └── PoolClosed
-    syncpool.TooManyWaiters, psycopg_pool.TooManyRequests
-    └── TooManyRequests
+```text
+syncpool.PoolTimeout, psycopg_pool.PoolTimeout
+└── PoolTimeout
+    ├── ConnectRejected   (also syncpool.ConnectRejected) the server rejected the connection: raised at once
+    │   └── AuthError     (also syncpool.AuthError) the server refused the credentials: raised at once
+    └── PoolUnavailable   (also syncpool.PoolUnavailable) the circuit breaker is open (opt-in)
+syncpool.PoolClosed, psycopg_pool.PoolClosed
+└── PoolClosed
+syncpool.TooManyWaiters, psycopg_pool.TooManyRequests
+└── TooManyRequests
+```
 """
 
 from __future__ import annotations
@@ -124,7 +128,7 @@ class ConnectRejected(_errors.ConnectRejected, PoolTimeout):
 
 
 class AuthError(_errors.AuthError, ConnectRejected):
-    """The server refused the credentials; raised at once instead of a :class:`PoolTimeout` at the deadline."""
+    """The server refused the credentials; raised at once instead of a [`PoolTimeout`][] at the deadline."""
 
     __module__ = "syncpool.postgres"
 
@@ -175,7 +179,7 @@ class _Requests:
 
 
 class _CompatConnector(PostgresConnector):
-    """A :class:`PostgresConnector` with psycopg_pool's ``connection_class``, ``kwargs``, ``configure``, ``check``
+    """A [`PostgresConnector`][] with psycopg_pool's ``connection_class``, ``kwargs``, ``configure``, ``check``
     and ``reset`` rules and its return-path log lines."""
 
     def __init__(
@@ -213,7 +217,7 @@ class _CompatConnector(PostgresConnector):
         return pool is None or pool.closed
 
     def _resolve_arguments(self) -> tuple[str, dict[str, Any]]:
-        """As :class:`PostgresConnector` does, plus psycopg_pool's ``kwargs`` when it is a callable."""
+        """As [`PostgresConnector`][] does, plus psycopg_pool's ``kwargs`` when it is a callable."""
         conninfo, kwargs = super()._resolve_arguments()
         if self._kwargs_factory is not None:
             kwargs = {**kwargs, **self._kwargs_factory()}
@@ -307,8 +311,8 @@ class ConnectionPool(Pool[CT]):
     """A pool of psycopg connections with the API and behaviour of ``psycopg_pool.ConnectionPool``.
 
     Generic in the connection class as psycopg_pool's is: ``ConnectionPool[MyConnection]`` is valid at run time,
-    and type checkers infer it from ``connection_class``. It is a :class:`syncpool.Pool` whose connector is a
-    :class:`~syncpool.connectors.PostgresConnector`; what the arguments below do is psycopg_pool's documented
+    and type checkers infer it from ``connection_class``. It is a [`syncpool.Pool`][] whose connector is a
+    [`PostgresConnector`][]; what the arguments below do is psycopg_pool's documented
     behaviour, and where syncpool does something else the migration guide says so.
 
     Args:
@@ -320,7 +324,7 @@ class ConnectionPool(Pool[CT]):
         open: Open at construction. None (the default) opens too, but like psycopg_pool warns at the first
             ``getconn()``/``wait()`` that the default will become False; pass True or False, or use ``with``.
         configure: Called with each new connection before it is used; it must leave the connection idle (commit
-            what it ran), else the connection is discarded and the pool reports :class:`ConnectRejected`.
+            what it ran), else the connection is discarded and the pool reports [`ConnectRejected`][].
         check: Called with a connection before each ``getconn()`` hands it out (new, idle and handed-over ones
             alike); if it raises, the connection is discarded and another one is tried until the timeout.
             ``ConnectionPool.check_connection`` is a ready-made one.
@@ -329,7 +333,7 @@ class ConnectionPool(Pool[CT]):
         name: Name of the pool, in thread names and log lines. Defaults to ``pool-<n>``.
         close_returns: Make ``conn.close()`` return a leased connection to the pool instead of closing it.
         timeout: Default seconds ``getconn()`` waits. Defaults to 30.
-        max_waiting: Most requests waiting at once (0: no bound); one more gets :class:`TooManyRequests`.
+        max_waiting: Most requests waiting at once (0: no bound); one more gets [`TooManyRequests`][].
         max_lifetime: Seconds after which a connection is replaced. Defaults to 60 * 60.0.
         max_idle: Seconds an idle connection above ``min_size`` is kept. Defaults to 10 * 60.0.
         reconnect_timeout: Seconds of failing connects after which ``reconnect_failed`` is called. Defaults to
@@ -341,7 +345,7 @@ class ConnectionPool(Pool[CT]):
         health_check_timeout: syncpool only: seconds a ``check`` (or a health check) may take before the connection
             is given up as failed. Defaults to 5.0.
         breaker_threshold: syncpool only: consecutive connect failures after which leases fail fast with
-            :class:`PoolUnavailable`; None (the default, psycopg_pool's behaviour: wait for the timeout) disables it.
+            [`PoolUnavailable`][]; None (the default, psycopg_pool's behaviour: wait for the timeout) disables it.
         leak_threshold: syncpool only: seconds after which a lease still out is logged as a probable leak.
     """
 
@@ -453,10 +457,10 @@ class ConnectionPool(Pool[CT]):
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
-        """Open the pool and start filling it; with ``wait``, block as :meth:`wait` does.
+        """Open the pool and start filling it; with ``wait``, block as [`wait`][] does.
 
         Calling it on an open pool does nothing; a pool that was open and closed cannot be reopened
-        (:class:`PoolClosed`), but one closed before it was ever opened can be.
+        ([`PoolClosed`][]), but one closed before it was ever opened can be.
         """
         if self.state is not NEW and self.closed:
             raise PoolClosed(f"pool has already been opened/closed and cannot be reused (pool {self.name!r})")
@@ -485,7 +489,7 @@ class ConnectionPool(Pool[CT]):
         self._log.info("pool %r is ready to use", self.name)
 
     def _failed_wait(self, error: _errors.PoolError, timeout: float) -> BaseException:
-        """Close the pool after a failed :meth:`wait`, as psycopg_pool does, and return the error to raise."""
+        """Close the pool after a failed [`wait`][], as psycopg_pool does, and return the error to raise."""
         if isinstance(error, (_errors.PoolTimeout, _errors.ConnectRejected)):
             self.close()
         if type(error) is _errors.PoolTimeout:
@@ -493,7 +497,7 @@ class ConnectionPool(Pool[CT]):
         return self._compat_error(error)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Close the pool: waiting and future requests get :class:`PoolClosed`, idle connections are closed now and
+        """Close the pool: waiting and future requests get [`PoolClosed`][], idle connections are closed now and
         leased ones when they are returned; the call does not wait for them.
 
         Waits up to ``timeout`` seconds for the background threads. Closing a pool that is not open does nothing.
@@ -514,7 +518,7 @@ class ConnectionPool(Pool[CT]):
         self.close()
 
     def _check_open_getconn(self) -> None:
-        """Raise :class:`PoolClosed` unless the pool is open; warn once if it was opened by the implicit default."""
+        """Raise [`PoolClosed`][] unless the pool is open; warn once if it was opened by the implicit default."""
         state = self.state
         if state is not OPEN:
             if state is NEW:
@@ -547,7 +551,7 @@ class ConnectionPool(Pool[CT]):
 
     def getconn(self, timeout: float | None = None) -> CT:
         """Lease a connection, waiting up to ``timeout`` (default: the pool's ``timeout``); return it with
-        :meth:`putconn`. With a ``check`` callback, the connection passed it just now.
+        [`putconn`][]. With a ``check`` callback, the connection passed it just now.
 
         Raises:
             PoolTimeout: No connection in time (``__cause__`` is the last connect error, if any).
@@ -574,8 +578,8 @@ class ConnectionPool(Pool[CT]):
         return conn
 
     def putconn(self, conn: CT) -> None:
-        """Return a connection from :meth:`getconn`: a transaction left open is rolled back (with a warning), the
-        ``reset`` callback runs, and a broken connection is replaced. After :meth:`close`, it is closed.
+        """Return a connection from [`getconn`][]: a transaction left open is rolled back (with a warning), the
+        ``reset`` callback runs, and a broken connection is replaced. After [`close`][], it is closed.
 
         Raises:
             ValueError: ``conn`` does not come from this pool (or was already returned).
@@ -673,13 +677,13 @@ class ConnectionPool(Pool[CT]):
     # -- statistics ------------------------------------------------------------------------------------------------
 
     def get_stats(self) -> dict[str, int]:
-        """Return psycopg_pool's statistics since the last :meth:`pop_stats` (see the migration guide for how each is
-        counted). :meth:`syncpool.Pool.stats` keeps counting since the pool was created."""
+        """Return psycopg_pool's statistics since the last [`pop_stats`][] (see the migration guide for how each is
+        counted). [`syncpool.Pool.stats`][] keeps counting since the pool was created."""
         return self._psycopg_stats(self._snapshot(since_pop=True, mark=False), self._requests.since_pop(mark=False))
 
     def pop_stats(self) -> dict[str, int]:
-        """Return :meth:`get_stats` and start its counters again from zero (the ``pool_*`` and ``requests_waiting``
-        gauges are the state now). Only these views start again: :meth:`syncpool.Pool.stats` and the exporters
+        """Return [`get_stats`][] and start its counters again from zero (the ``pool_*`` and ``requests_waiting``
+        gauges are the state now). Only these views start again: [`syncpool.Pool.stats`][] and the exporters
         never go backwards."""
         return self._psycopg_stats(self._snapshot(since_pop=True, mark=True), self._requests.since_pop(mark=True))
 
@@ -708,13 +712,13 @@ class ConnectionPool(Pool[CT]):
 
 
 class NullConnectionPool(ConnectionPool[CT]):
-    """A :class:`ConnectionPool` that keeps no idle connection, as ``psycopg_pool.NullConnectionPool``.
+    """A [`ConnectionPool`][] that keeps no idle connection, as ``psycopg_pool.NullConnectionPool``.
 
     Each request gets a new connection (or one another request is returning, if it is queued for one), and a
     returned connection nobody waits for is closed. ``min_size`` must be 0; ``max_size`` bounds the connections
     open at once, 0 (the default) meaning no bound; ``max_waiting`` bounds the requests queued. It takes the
-    arguments of :class:`ConnectionPool` (``close_returns`` is always False, as in psycopg_pool) and has its
-    methods; :meth:`wait` opens one connection to test that the server can be reached, and closes it.
+    arguments of [`ConnectionPool`][] (``close_returns`` is always False, as in psycopg_pool) and has its
+    methods; [`wait`][] opens one connection to test that the server can be reached, and closes it.
     """
 
     def __init__(
@@ -796,8 +800,9 @@ class NullConnectionPool(ConnectionPool[CT]):
         self._log.info("pool %r is ready to use", self.name)
 
     def putconn(self, conn: CT) -> None:
-        """Return a connection from :meth:`getconn`: it goes to the oldest queued request if there is one (after
-        the rollback and ``reset`` of :meth:`ConnectionPool.putconn`), else it is closed."""
+        """Return a connection from [`getconn`][ConnectionPool.getconn]: it goes to the oldest queued request if there
+        is one (after the rollback and ``reset`` of [`ConnectionPool.putconn`][]), else it is closed.
+        """
         super().putconn(conn)
         self._close_idle()
 

@@ -2,31 +2,33 @@
 
 A pool never crosses a process boundary: its clients hold sockets that two processes must not share. A program
 that spreads work over processes gives each one its own pools, built from the same configuration (the
-:mod:`syncpool.config` format), in the process, once it has started::
+[`syncpool.config`][] format), in the process, once it has started:
 
-    from concurrent.futures import ProcessPoolExecutor
-    from syncpool import processes, registry
+```python
+from concurrent.futures import ProcessPoolExecutor
+from syncpool import processes, registry
 
-    POOLS = {"db": {"connector": "postgres", "options": {"conninfo": DSN}, "pool": {"max_size": 4}}}
+POOLS = {"db": {"connector": "postgres", "options": {"conninfo": DSN}, "pool": {"max_size": 4}}}
 
-    def task(n):
-        with registry.get_pool("db").connection() as conn:
-            ...
+def task(n):
+    with registry.get_pool("db").connection() as conn:
+        ...
 
-    with ProcessPoolExecutor(4, initializer=processes.init_process, initargs=(POOLS,)) as executor:
-        executor.map(task, range(100))
+with ProcessPoolExecutor(4, initializer=processes.init_process, initargs=(POOLS,)) as executor:
+    executor.map(task, range(100))
+```
 
-:func:`init_process` opens the pools in the process-wide :mod:`~syncpool.registry` and arranges for
-:func:`shutdown_process` to close them when the process ends, also in ``multiprocessing`` and
+[`init_process`][] opens the pools in the process-wide [`registry`][] and arranges for
+[`shutdown_process`][] to close them when the process ends, also in ``multiprocessing`` and
 ``concurrent.futures`` worker processes, which end with ``os._exit()`` and so skip ``atexit`` hooks (they run
 ``multiprocessing``'s own finalisers instead). It works under every start method: only the configuration is
 pickled. Celery's ``worker_process_init`` / ``worker_process_shutdown`` signals and gunicorn's ``post_fork`` /
 ``worker_exit`` hooks call the same two functions (see ``docs/scaling.md``).
 
-:func:`open_pools` and :func:`close_pools` are the reference-counted layer below, which
-:class:`syncpool.dask.PoolPlugin` also uses: several users in one process (two Dask workers in one process, an
+[`open_pools`][] and [`close_pools`][] are the reference-counted layer below, which
+[`syncpool.dask.PoolPlugin`][] also uses: several users in one process (two Dask workers in one process, an
 initializer and a plugin) share one pool per name, and the last one to let go closes it. A pool that was already in
-the registry before :func:`open_pools` found it is used but never closed here: whoever registered it owns it. The
+the registry before [`open_pools`][] found it is used but never closed here: whoever registered it owns it. The
 exception is a forked child, which owns every pool it inherited: the parent's pools are emptied copies there, and
 nothing else in the child will close them.
 """
@@ -59,7 +61,7 @@ __all__ = [
 
 logger = logging.getLogger("syncpool")
 
-#: Seconds :func:`shutdown_process` lets leases in flight come back, in all, before the pools close anyway.
+#: Seconds [`shutdown_process`][] lets leases in flight come back, in all, before the pools close anyway.
 CLOSE_TIMEOUT = 5.0
 
 
@@ -81,7 +83,7 @@ _forked_child = False
 def check_pools(pools: Any) -> dict[str, dict[str, Any] | None]:
     """Validate a mapping of pool name to configuration and return a plain copy of it.
 
-    Each configuration is a mapping in the :mod:`syncpool.config` format, a :class:`~syncpool.config.PoolConfig`,
+    Each configuration is a mapping in the [`syncpool.config`][] format, a [`PoolConfig`][],
     or None to configure the pool from each process's own ``SYNCPOOL_<NAME>_*`` environment variables (so that
     secrets need not travel with the configuration).
 
@@ -124,10 +126,10 @@ def _mask(value: Any, key: str = "") -> Any:
 
 def open_pools(pools: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
     """Open each pool of ``pools`` in this process's registry (or join the pool already open under its name) and
-    return the names, to give back to :func:`close_pools`.
+    return the names, to give back to [`close_pools`][].
 
     Args:
-        pools: Pool name -> configuration, as :func:`check_pools` accepts.
+        pools: Pool name -> configuration, as [`check_pools`][] accepts.
 
     Raises:
         ValueError: A configuration is invalid, or a pool of that name is registered with another configuration.
@@ -163,11 +165,11 @@ def _acquire(name: str, config: Mapping[str, Any] | None) -> None:
 
 
 def close_pools(names: list[str], *, timeout: float = CLOSE_TIMEOUT) -> None:
-    """Let go of pools :func:`open_pools` returned; close each one whose last user this was.
+    """Let go of pools [`open_pools`][] returned; close each one whose last user this was.
 
     Closing stops new leases at once and gives leases in flight up to ``timeout`` seconds in all to come back (the
     pools close one after another within that overall time). Pools that were registered by someone else before
-    :func:`open_pools` found them are left open. Names this process does not hold are ignored.
+    [`open_pools`][] found them are left open. Names this process does not hold are ignored.
     """
     to_close: list[Pool[Any]] = []
     with _lock:
@@ -195,7 +197,7 @@ def close_pools(names: list[str], *, timeout: float = CLOSE_TIMEOUT) -> None:
 
 
 def held_pools() -> dict[str, Pool[Any]]:
-    """Return the pools :func:`open_pools` holds in this process, by name."""
+    """Return the pools [`open_pools`][] holds in this process, by name."""
     with _lock:
         return {name: held.pool for name, held in _held.items()}
 
@@ -203,18 +205,18 @@ def held_pools() -> dict[str, Pool[Any]]:
 def init_process(pools: Mapping[str, Mapping[str, Any] | None], *, close_timeout: float = CLOSE_TIMEOUT) -> None:
     """Open this process's pools from configuration, and close them when the process ends.
 
-    Meant as the ``initializer`` of :class:`concurrent.futures.ProcessPoolExecutor` and
-    :class:`multiprocessing.pool.Pool` (``initargs=(pools,)``), and for the process start hooks of Celery
-    (``worker_process_init``) and gunicorn (``post_fork``). Tasks then use :func:`syncpool.registry.get_pool`.
+    Meant as the ``initializer`` of ``concurrent.futures.ProcessPoolExecutor`` and
+    ``multiprocessing.pool.Pool`` (``initargs=(pools,)``), and for the process start hooks of Celery
+    (``worker_process_init``) and gunicorn (``post_fork``). Tasks then use [`syncpool.registry.get_pool`][].
     It does no I/O: the pools connect in the background, so a server that is down does not stall the start.
 
-    The pools are closed by :func:`shutdown_process` at the end of the process: by ``multiprocessing``'s exit
+    The pools are closed by [`shutdown_process`][] at the end of the process: by ``multiprocessing``'s exit
     finalisers in its worker processes (which end without running ``atexit`` hooks), else by an ``atexit`` hook.
     Calling it again in the same process adds pools; a pool already opened by it is left as it is.
 
     Args:
-        pools: Pool name -> configuration (a :mod:`syncpool.config` mapping, a
-            :class:`~syncpool.config.PoolConfig`, or None for the process's ``SYNCPOOL_<NAME>_*`` variables).
+        pools: Pool name -> configuration (a [`syncpool.config`][] mapping, a
+            [`PoolConfig`][], or None for the process's ``SYNCPOOL_<NAME>_*`` variables).
         close_timeout: Seconds leases in flight get to come back when the process ends. Defaults to 5.0.
 
     Raises:
@@ -242,10 +244,10 @@ def init_process(pools: Mapping[str, Mapping[str, Any] | None], *, close_timeout
 
 
 def shutdown_process(*, timeout: float = CLOSE_TIMEOUT) -> None:
-    """Close the pools :func:`init_process` opened in this process; safe to call more than once.
+    """Close the pools [`init_process`][] opened in this process; safe to call more than once.
 
     Meant for the process exit hooks of Celery (``worker_process_shutdown``) and gunicorn (``worker_exit``);
-    :func:`init_process` already arranges for it to run when a ``multiprocessing`` worker or the interpreter ends.
+    [`init_process`][] already arranges for it to run when a ``multiprocessing`` worker or the interpreter ends.
 
     Args:
         timeout: Seconds leases in flight get to come back, for all the pools together. Defaults to 5.0.

@@ -1,8 +1,8 @@
 """What the helpers above the pool need from it, as a small Protocol.
 
-Batches (:mod:`syncpool.batch`), retried operations (:mod:`syncpool.retry`) and transactions
-(:mod:`syncpool.transactions`) lease from a pool but must not import :mod:`syncpool.pool`, which offers them as
-methods: they are typed against :class:`PoolLike` instead, so the imports point one way.
+Batches ([`syncpool.batch`][]), retried operations ([`syncpool.retry`][]) and transactions
+([`syncpool.transactions`][]) lease from a pool but must not import ``syncpool.pool``, which offers them as
+methods: they are typed against [`PoolLike`][] instead, so the imports point one way.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ T_co = TypeVar("T_co", covariant=True)
 
 
 class PoolLike(Protocol[T_co]):
-    """The part of :class:`syncpool.Pool` that the modules above it use."""
+    """The part of [`syncpool.Pool`][] that the modules above it use."""
 
     @property
     def name(self) -> str:
@@ -40,7 +40,7 @@ class PoolLike(Protocol[T_co]):
 
     @property
     def connector(self) -> Any:
-        """The pool's :class:`~syncpool.Connector` (its ``is_transient`` judges errors for retries)."""
+        """The pool's [`Connector`][] (its ``is_transient`` judges errors for retries)."""
         ...
 
     def connection(self, timeout: float | None = None) -> AbstractContextManager[T_co]:

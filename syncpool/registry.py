@@ -1,20 +1,20 @@
 """A process-wide registry of named pools: one pool per name, reported together, closed together.
 
-::
+```python
+from syncpool import registry
 
-    from syncpool import registry
-
-    pool = registry.get_pool("jobs", {"connector": "sqlite", "options": {"database": "app.db"}}, max_size=4)
-    ...                                    # anywhere else in the program:
-    pool = registry.get_pool("jobs")       # the same pool
+pool = registry.get_pool("jobs", {"connector": "sqlite", "options": {"database": "app.db"}}, max_size=4)
+...                                    # anywhere else in the program:
+pool = registry.get_pool("jobs")       # the same pool
+```
 
 Pools in the registry are closed when the interpreter exits (an ``atexit`` hook, registered with the first
-pool), and on SIGTERM once :func:`install_signal_handlers` has been called. A pool closed by its owner is dropped
-from the registry and built afresh on the next :func:`get_pool` that gives its configuration.
+pool), and on SIGTERM once [`install_signal_handlers`][] has been called. A pool closed by its owner is dropped
+from the registry and built afresh on the next [`get_pool`][] that gives its configuration.
 
 In a child made by ``os.fork()`` the registry has a lock of its own and lists the same pools, which in the child
-hold none of the parent's clients (see :mod:`syncpool.forking`): closing them there, at exit or by
-:func:`close_all`, closes only what the child made.
+hold none of the parent's clients (see ``syncpool.forking``): closing them there, at exit or by
+[`close_all`][], closes only what the child made.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = ["close_all", "get_pool", "info", "install_signal_handlers", "register
 logger = logging.getLogger("syncpool")
 
 #: Seconds the atexit hook lets leases in flight finish before giving up on them (also the longest it waits at
-#: exit for a close that a signal began; see :func:`install_signal_handlers`).
+#: exit for a close that a signal began; see [`install_signal_handlers`][]).
 EXIT_TIMEOUT = 5.0
 
 
@@ -140,11 +140,11 @@ def get_pool(name: str, config: Any = None, **pool_kwargs: Any) -> Pool[Any]:
 
     Args:
         name: The registry key, also the pool's name.
-        config: How to build the pool: a configuration mapping (see :mod:`syncpool.config`), a
-            :class:`~syncpool.config.PoolConfig`, or a :class:`~syncpool.Connector` / zero-argument callable
+        config: How to build the pool: a configuration mapping (see [`syncpool.config`][]), a
+            [`PoolConfig`][], or a [`Connector`][] / zero-argument callable
             (compared by identity). None returns the registered pool; if there is none, the pool is configured
             from ``SYNCPOOL_<NAME>_*`` environment variables when ``SYNCPOOL_<NAME>_CONNECTOR`` is set.
-        pool_kwargs: :class:`~syncpool.Pool` options, merged over the mapping's ``pool`` section.
+        pool_kwargs: [`Pool`][] options, merged over the mapping's ``pool`` section.
 
     Raises:
         ValueError: ``name`` is registered with a different configuration (the message lists the differences,
@@ -190,7 +190,7 @@ def get_pool(name: str, config: Any = None, **pool_kwargs: Any) -> Pool[Any]:
 
 
 def register(pool: Pool[Any]) -> Pool[Any]:
-    """Add a pool built elsewhere under its ``name``, so that :func:`close_all` and :func:`info` include it.
+    """Add a pool built elsewhere under its ``name``, so that [`close_all`][] and [`info`][] include it.
 
     Registering the same pool twice is harmless. Returns ``pool``.
 
@@ -220,7 +220,7 @@ def close_all(timeout: float = 5.0) -> None:
     """Close every registered pool and empty the registry.
 
     All pools stop leasing at once, then leases in flight get up to ``timeout`` seconds in all to come back (the
-    pools close in parallel, so the timeout is not multiplied by their number); see :meth:`Pool.close`. In an
+    pools close in parallel, so the timeout is not multiplied by their number); see [`Pool.close`][]. In an
     ``atexit`` handler on Python 3.12, where no new thread may start, they close one after another within that
     same overall timeout. Safe to call more than once, from any thread.
     """
@@ -259,7 +259,7 @@ def _close_one(pool: Pool[Any], timeout: float) -> None:
 
 def info() -> list[dict[str, Any]]:
     """Describe every registered pool: ``name``, ``state``, ``connector`` (its description, secrets masked) and
-    ``stats``, a summary of :meth:`Pool.stats` (``size``, ``idle``, ``in_use``, ``connecting``, ``waiting``,
+    ``stats``, a summary of [`Pool.stats`][] (``size``, ``idle``, ``in_use``, ``connecting``, ``waiting``,
     ``min_size``, ``max_size``, ``breaker``, ``leases_total``, ``lease_timeouts``, ``connect_errors``)."""
     with _lock:
         pools = [entry.pool for entry in _entries.values()]
@@ -288,20 +288,20 @@ def install_signal_handlers(
 
     The handler itself closes nothing: Python runs it in the main thread between two bytecodes, maybe while the
     frame it interrupted holds a pool's lock or a lease that closing would wait for. It starts a daemon thread
-    (``syncpool-registry-signal-close``) that calls :func:`close_all` with ``timeout=grace`` (new leases fail
-    with :class:`~syncpool.PoolClosed` at once, leases in flight have up to ``grace`` seconds to come back), and
+    (``syncpool-registry-signal-close``) that calls [`close_all`][] with ``timeout=grace`` (new leases fail
+    with [`PoolClosed`][] at once, leases in flight have up to ``grace`` seconds to come back), and
     then chains to the handler that was installed before:
 
     - a Python callable (a handler of yours that calls ``sys.exit()``, or Python's default SIGINT handler, which
       raises ``KeyboardInterrupt``) is called at once, from the signal handler, with the same arguments. What it
       raises unwinds the main thread, whose ``with pool.connection()`` blocks give their clients back; at exit the
-      ``atexit`` hook waits for the close to finish (within ``grace``, and :data:`EXIT_TIMEOUT` at most) before
+      ``atexit`` hook waits for the close to finish (within ``grace``, and ``EXIT_TIMEOUT`` at most) before
       the interpreter ends.
     - ``SIG_DFL`` (or a handler installed outside Python) is restored at once; once the pools are closed, or
       ``grace`` seconds (plus a second or two for the pools' threads) after the signal at the latest, the signal
       is sent again, so the process ends as if it had not been caught (exit status -15 / 143 for SIGTERM), even if
       the main thread never gives its lease back. Until then the main thread goes on; its new leases fail with
-      :class:`~syncpool.PoolClosed`, and if that ends it, the ``atexit`` hook still ends the process by the signal.
+      [`PoolClosed`][], and if that ends it, the ``atexit`` hook still ends the process by the signal.
     - ``SIG_IGN``: the pools are closed in the background and the process goes on.
 
     A second signal while the pools are closing skips the wait and chains at once (with ``SIG_DFL``, the process
@@ -350,10 +350,10 @@ _Previous = Callable[[int, FrameType | None], Any] | int | None
 
 
 class _SignalHandler:
-    """The handler :func:`install_signal_handlers` puts on one signal.
+    """The handler [`install_signal_handlers`][] puts on one signal.
 
     It runs in the main thread between two bytecodes, so it takes no lock, closes nothing and waits for nothing: it
-    starts (or hurries) a :class:`_SignalShutdown` and chains to the previous handler.
+    starts (or hurries) a ``_SignalShutdown`` and chains to the previous handler.
     """
 
     def __init__(self, grace: float, previous: _Previous) -> None:

@@ -1,4 +1,4 @@
-"""Backoff between reconnect attempts, and retried operations (:meth:`Pool.run`), built on tenacity.
+"""Backoff between reconnect attempts, and retried operations ([`Pool.run`][]), built on tenacity.
 
 This is the only module that imports tenacity.
 """
@@ -74,11 +74,11 @@ class Backoff:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """syncpool's default retry policy for :meth:`Pool.run`.
+    """syncpool's default retry policy for [`Pool.run`][].
 
     An operation is retried, on a fresh lease each time, when it raised an error that ``retry_on`` calls transient
-    (by default the connector's :meth:`~syncpool.Connector.is_transient`, plus
-    :class:`~syncpool.PoolUnavailable` while the circuit breaker is open), until ``attempts`` have been made or
+    (by default the connector's [`is_transient`][Connector.is_transient], plus
+    [`PoolUnavailable`][] while the circuit breaker is open), until ``attempts`` have been made or
     ``deadline`` seconds have passed since the first one, whichever comes first. The last error is raised as it
     was, never wrapped.
 
@@ -120,7 +120,7 @@ def run(
 ) -> R:
     """Call ``fn(client, *args, **kwargs)`` under a lease of ``pool``, retrying as ``retry`` says.
 
-    This is :meth:`Pool.run`; see there. ``pool`` may be any :class:`~syncpool.protocols.PoolLike`.
+    This is [`Pool.run`][]; see there. ``pool`` may be any [`PoolLike`][].
     """
     started = monotonic()
     if retry is None or retry is True:

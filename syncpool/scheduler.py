@@ -2,13 +2,13 @@
 
 The scheduler keeps a heap of timed tasks and hands each one, when due, to the workers' queue; workers run tasks one
 at a time. Tasks are plain callables that the pool builds around a weak reference to itself (see
-:func:`weak_task`), so the threads never keep a forgotten pool alive.
+``weak_task``), so the threads never keep a forgotten pool alive.
 
 Threads are daemons, named ``syncpool-<pool>-scheduler`` and ``syncpool-<pool>-worker-<n>``. Whatever a task raises,
 ``BaseException`` included (a connector's ``SystemExit``, an asynchronous exception), is logged and the thread goes
-on: a background thread never dies of its tasks. Periodic tasks (:meth:`Scheduler.every`) are re-armed by the
+on: a background thread never dies of its tasks. Periodic tasks (``Scheduler.every``) are re-armed by the
 scheduler itself when it hands them to a worker, so a task that fails can never stop its own schedule.
-:meth:`Scheduler.stop` wakes every thread at once (a sleeping backoff never delays a close) and joins them with a
+``Scheduler.stop`` wakes every thread at once (a sleeping backoff never delays a close) and joins them with a
 timeout: a worker stuck in a connect that never returns is left behind as a daemon rather than hanging the caller.
 """
 
@@ -47,7 +47,7 @@ def weak_task(owner: object, method_name: str, *args: Any) -> Task:
 
 
 class Scheduler:
-    """Runs tasks now (:meth:`submit`) or later (:meth:`call_later`) on a few daemon worker threads."""
+    """Runs tasks now (``submit``) or later (``call_later``) on a few daemon worker threads."""
 
     def __init__(self, name: str, *, num_workers: int = 3) -> None:
         self.name = name
@@ -61,7 +61,7 @@ class Scheduler:
 
     @property
     def running(self) -> bool:
-        """True between :meth:`start` and :meth:`stop`."""
+        """True between ``start`` and ``stop``."""
         return bool(self._threads) and not self._stopping
 
     def start(self) -> None:
@@ -88,12 +88,12 @@ class Scheduler:
     def call_later(self, delay: float, task: Task) -> bool:
         """Run ``task`` on a worker after ``delay`` seconds; False if the scheduler stopped (it then never runs).
 
-        A task scheduled before :meth:`stop` is dropped by it.
+        A task scheduled before ``stop`` is dropped by it.
         """
         return self._push(monotonic() + delay, task, None)
 
     def every(self, interval: float, task: Task) -> bool:
-        """Run ``task`` on a worker every ``interval`` seconds, first after one interval, until :meth:`stop`.
+        """Run ``task`` on a worker every ``interval`` seconds, first after one interval, until ``stop``.
 
         The next run is scheduled when this one is handed to a worker, whatever the task then does.
         """

@@ -15,11 +15,11 @@ class PoolState(str, Enum):
     """Where a pool is in its life: ``NEW`` -> ``OPEN`` -> ``CLOSING`` -> ``CLOSED``, never back."""
 
     NEW = "new"
-    """Built with ``open=False`` and not opened yet: leases fail with :class:`~syncpool.PoolClosed`."""
+    """Built with ``open=False`` and not opened yet: leases fail with [`PoolClosed`][]."""
     OPEN = "open"
     """Leasing, growing and checking."""
     CLOSING = "closing"
-    """:meth:`~syncpool.Pool.close` has begun: new leases fail, leases in flight may still come back."""
+    """[`Pool.close`][] has begun: new leases fail, leases in flight may still come back."""
     CLOSED = "closed"
     """Closed for good; a closed pool cannot be reopened."""
 

@@ -1,12 +1,12 @@
 """A lease and a transaction in one ``with`` block: committed on success, rolled back on error.
 
-::
+```python
+from syncpool.transactions import transaction
 
-    from syncpool.transactions import transaction
-
-    with transaction(pool) as conn:
-        conn.execute("INSERT INTO jobs (id) VALUES (%s)", (42,))
-    # committed here; had the block raised, rolled back, and the exception would propagate unchanged
+with transaction(pool) as conn:
+    conn.execute("INSERT INTO jobs (id) VALUES (%s)", (42,))
+# committed here; had the block raised, rolled back, and the exception would propagate unchanged
+```
 
 The pool core knows nothing of transactions: this module asks the leased client for one. A psycopg 3 connection
 (or anything with a ``transaction()`` context manager) uses it, so a transaction is started even on an autocommit
@@ -37,12 +37,12 @@ def transaction(pool: PoolLike[T], timeout: float | None = None) -> Iterator[T]:
     back to the pool (a connection the rollback could not clean is discarded by the connector's return checks).
 
     Args:
-        pool: The pool to lease from (a :class:`~syncpool.Pool`, or any :class:`~syncpool.protocols.PoolLike`).
+        pool: The pool to lease from (a [`Pool`][], or any [`PoolLike`][]).
         timeout: Seconds to wait for a client; defaults to the pool's ``timeout``.
 
     Raises:
         TypeError: The pool's clients have no notion of a transaction.
-        PoolTimeout, PoolClosed, TooManyWaiters: As :meth:`Pool.getconn`.
+        PoolTimeout, PoolClosed, TooManyWaiters: As [`Pool.getconn`][].
     """
     with pool.connection(timeout) as client:
         raw: Any = unwrap(client)

@@ -12,7 +12,7 @@ class Waiter:
     """A caller queued for a client.
 
     The hand-off is explicit: whoever gives a member to a waiter does so under the pool lock, leases it on the
-    waiter's behalf, takes the waiter off the queue and only then wakes it (:meth:`hand`). A waiter whose wait ended
+    waiter's behalf, takes the waiter off the queue and only then wakes it (``hand``). A waiter whose wait ended
     without a wake-up (timeout, interrupt) takes the pool lock before giving up, so it either finds the member handed
     to it meanwhile, or removes itself from the queue: a member is never handed to a waiter that has gone. Every
     hand-off wakes its waiter at once; nothing depends on a woken thread running some pass-on code.

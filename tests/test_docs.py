@@ -36,6 +36,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -260,16 +261,175 @@ def test_documented_stats_keys_match_stats() -> None:
         assert all(f"`{field}`" in text for field in stats[histogram]), histogram
 
 
-def test_mkdocs_builds_strictly(tmp_path: Path) -> None:
+# -- the site and its API pages ----------------------------------------------------------------------------------
+
+# A Sphinx role (``:class:`Pool```) is raw text on a mkdocstrings page; cross-references are written
+# [`Pool.close`][] (resolved in the docstring's scope: mkdocs.yml's scoped_crossrefs) or [`close`][Pool.close].
+_SPHINX_ROLE = re.compile(r":(?:py:)?(?:class|meth|func|attr|data|const|mod|exc|obj|ref|term):`")
+_RAW_ROLE_IN_HTML = re.compile(r":(?:class|meth|func|attr|data|const|mod|exc|obj):")
+# A cross-reference, or a code span (which may hold brackets that are not one: ``rows[0][1]``).
+_LINK_OR_CODE = re.compile(
+    r"(?P<link>\[(?P<title>`[^`\n]+`|[^\]`\[\n]+)\]\[(?P<identifier>[\w.]*)\])|``.*?``|`[^`\n]*`", re.DOTALL
+)
+_FENCED = re.compile(r"^\s*```.*?^\s*```", re.MULTILINE | re.DOTALL)
+
+# Modules with no API entry: the pool's own parts (docs/design.md describes them), the demo and the command line.
+_INTERNAL_MODULES = frozenset({
+    "syncpool.__main__", "syncpool._secrets", "syncpool.breaker", "syncpool.checks", "syncpool.demo",
+    "syncpool.demo_dask", "syncpool.events", "syncpool.forking", "syncpool.growth", "syncpool.inventory",
+    "syncpool.leasing", "syncpool.maintenance", "syncpool.members", "syncpool.options", "syncpool.pool_stats",
+    "syncpool.scheduler", "syncpool.testing.external", "syncpool.waiters",
+})
+# Names that public modules export for syncpool's own use (the pool's argument handling, the pytest plugin).
+_INTERNAL_NAMES = frozenset({
+    "syncpool.connector.as_connector", "syncpool.testing.pgbouncer.INSTALL_HINT",
+    "syncpool.testing.pgbouncer.find_pgbouncer",
+})
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The documentation site, built once per module by ``mkdocs build --strict``."""
     pytest.importorskip("mkdocs")
     pytest.importorskip("material")
     pytest.importorskip("mkdocstrings")
     mkdocs = shutil.which("mkdocs")
     command = [mkdocs] if mkdocs else [sys.executable, "-m", "mkdocs"]
+    site_dir = tmp_path_factory.mktemp("site")
     result = subprocess.run(
-        [*command, "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        [*command, "build", "--strict", "--site-dir", str(site_dir)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
-    assert result.returncode == 0, result.stderr[-5000:]
-    assert (tmp_path / "site" / "index.html").exists()
+    if result.returncode != 0:
+        pytest.fail(f"mkdocs build --strict failed:\n{result.stderr[-5000:]}")
+    return site_dir
+
+
+def _inventory(site: Path) -> set[str]:
+    """Every identifier the site's cross-references can resolve (objects.inv, aliases included)."""
+    header, _, _, _, body = (site / "objects.inv").read_bytes().split(b"\n", 4)
+    assert header == b"# Sphinx inventory version 2"
+    return {line.split(" ", 1)[0] for line in zlib.decompress(body).decode().splitlines()}
+
+
+def _python_files() -> list[Path]:
+    return sorted((ROOT / "syncpool").rglob("*.py"))
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _links(text: str) -> list[tuple[str, str]]:
+    """The ``(title, identifier)`` of each cross-reference in Markdown text, outside code."""
+    text = _FENCED.sub("", text)
+    return [
+        (match["title"], match["identifier"]) for match in _LINK_OR_CODE.finditer(text) if match["link"]
+    ]
+
+
+def test_mkdocs_builds_strictly(site: Path) -> None:
+    assert (site / "index.html").exists()
+    assert (site / "api" / "pool" / "index.html").exists()
+
+
+def test_no_sphinx_role_in_docstrings() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in _python_files()
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if _SPHINX_ROLE.search(line)
+    ]
+    assert not found, "Sphinx roles show as raw text on the API pages; write [`Name`][] instead:\n" + "\n".join(found)
+
+
+def test_no_rest_literal_block_in_docstrings() -> None:
+    found = []
+    for path in _python_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                found += [f"{path.relative_to(ROOT)}:{node.lineno}: {line.strip()}"
+                          for line in node.value.value.splitlines() if line.rstrip().endswith("::")]
+    assert not found, "'text::' shows as written on the API pages; use a ``` fence:\n" + "\n".join(found)
+
+
+def test_docstring_cross_references_resolve(site: Path) -> None:
+    """Every cross-reference in a docstring, rendered on the site or not, names an object the site documents.
+
+    The strict build checks the docstrings it renders; this checks the others too (private names, the pool's parts),
+    resolving each identifier the way mkdocstrings-python's ``scoped_crossrefs`` does: its first name as Python
+    would see it from the docstring's object.
+    """
+    griffe = pytest.importorskip("griffe")
+    inventory = _inventory(site)
+    loader = griffe.GriffeLoader(search_paths=[str(ROOT)])
+    package = loader.load("syncpool")
+
+    def expand(obj: Any, identifier: str) -> str:
+        first, dot, rest = identifier.partition(".")
+        try:
+            first = obj.resolve(first)
+        except Exception:  # noqa: BLE001 - unresolved names stay as written, as mkdocstrings leaves them
+            pass
+        return first + dot + rest
+
+    def objects(obj: Any) -> Any:
+        yield obj
+        for member in obj.members.values():
+            if not member.is_alias:
+                yield from objects(member)
+
+    unresolved, checked = [], 0
+    for obj in objects(package):
+        for title, identifier in _links(obj.docstring.value if obj.docstring else ""):
+            checked += 1
+            expanded = expand(obj, identifier or title.strip("`"))
+            if expanded not in inventory:
+                unresolved.append(f"{obj.path}: [{title}][{identifier}] -> {expanded}")
+    for path in _python_files():  # attribute documentation left in ``#:`` comments, resolved in its module
+        module = loader.modules_collection[_module_name(path)]
+        comments = "\n".join(line.strip()[2:] for line in path.read_text(encoding="utf-8").splitlines()
+                             if line.strip().startswith("#:"))
+        for title, identifier in _links(comments):
+            checked += 1
+            expanded = expand(module, identifier or title.strip("`"))
+            if expanded not in inventory:
+                unresolved.append(f"{path.relative_to(ROOT)} (#: comment): [{title}][{identifier}] -> {expanded}")
+    assert checked > 100, f"only {checked} cross-references found: is the pattern still right?"
+    assert not unresolved, "cross-references to nothing on the site:\n" + "\n".join(unresolved)
+
+
+def test_api_pages_show_no_raw_markup(site: Path) -> None:
+    pages = sorted((site / "api").glob("*/index.html"))
+    assert len(pages) >= 10
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert not _RAW_ROLE_IN_HTML.search(text), f"{page.relative_to(site)} shows a Sphinx role as text"
+        assert not re.search(r"\w::</p>", text), f"{page.relative_to(site)} shows a reST literal-block marker"
+
+
+def test_api_pool_page_links_to_other_api_pages(site: Path) -> None:
+    text = (site / "api" / "pool" / "index.html").read_text(encoding="utf-8")
+    assert not _RAW_ROLE_IN_HTML.search(text)
+    targets = set(re.findall(r'<a class="autorefs autorefs-internal"[^>]* href="\.\./(\w+)/#syncpool\.', text))
+    assert {"connectors", "errors", "monitoring"} <= targets, targets
+
+
+def test_every_public_name_is_on_the_api_pages(site: Path) -> None:
+    """What ``import syncpool`` exports, and every name a public module exports, has an entry on the API pages."""
+    import syncpool
+
+    inventory = _inventory(site)
+    missing = [f"syncpool.{name}" for name in syncpool.__all__ if f"syncpool.{name}" not in inventory]
+    for path in _python_files():
+        module = _module_name(path)
+        if module in _INTERNAL_MODULES:
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "__all__" for target in node.targets):
+                names = ast.literal_eval(node.value)
+                missing += [f"{module}.{name}" for name in names
+                            if f"{module}.{name}" not in inventory and f"{module}.{name}" not in _INTERNAL_NAMES]
+    assert not missing, "public names with no API entry (add them to a docs/api page):\n" + "\n".join(missing)

@@ -33,8 +33,8 @@ from .fakes import FakeClient, FakeConnector, wait_until
 
 
 def _documented_tree() -> dict[str, str | None]:
-    """The tree drawn in the docstring of syncpool.errors (the block after "::"), as {class name: parent name}."""
-    block = (errors.__doc__ or "").split("::\n\n", 1)[1].split("\n\n", 1)[0]
+    """The tree drawn in the docstring of syncpool.errors (its ```text block), as {class name: parent name}."""
+    block = (errors.__doc__ or "").split("```text\n", 1)[1].split("\n```", 1)[0]
     parents: dict[str, str | None] = {}
     stack: list[tuple[int, str]] = []  # (column of the name, name) of the current branch
     for line in block.splitlines():

@@ -3,11 +3,11 @@
 Importing this package imports none of the client libraries: each connector imports psycopg, boto3 or
 elasticsearch the first time it connects (or classifies an error), so only the clients you use need be installed.
 
-- :class:`PostgresConnector`: PostgreSQL through psycopg 3.
-- :class:`S3Connector`: S3 through boto3, one session per client.
-- :class:`ElasticsearchConnector`: Elasticsearch through elasticsearch-py 8 or 9.
-- :class:`SQLiteConnector`: SQLite through the standard library.
-- :class:`FailoverConnector`: several addresses for one service, tried in order with a backoff for failed ones.
+- [`PostgresConnector`][]: PostgreSQL through psycopg 3.
+- [`S3Connector`][]: S3 through boto3, one session per client.
+- [`ElasticsearchConnector`][]: Elasticsearch through elasticsearch-py 8 or 9.
+- [`SQLiteConnector`][]: SQLite through the standard library.
+- [`FailoverConnector`][]: several addresses for one service, tried in order with a backoff for failed ones.
 """
 
 from __future__ import annotations

@@ -10,21 +10,24 @@ from syncpool.errors import AuthError
 
 __all__ = ["ElasticsearchConnector"]
 
-#: Defaults passed to ``Elasticsearch(...)`` unless given. ``request_timeout``: seconds per request. One retry on
-#: another node for connection errors and 429/502/503/504, none on timeouts: the pool's own retries
-#: (``pool.run``) already repeat a failed unit of work, and retries at both levels multiply (3 x 3 attempts of a
-#: 10 s timeout is minutes). ``connections_per_node``: HTTP connections each client keeps to each node.
-#: elastic_transport's default, 10, suits one client shared by many threads; a pooled client is used by one thread
-#: at a time and reads every response whole, so one connection per node is all it uses, and 10 would let a pool of
-#: ``max_size`` clients hold up to ``10 * max_size`` sockets per node. The cap is strict (a request waits for the
-#: connection rather than opening another): raise it for clients that ``helpers.parallel_bulk`` shares between
-#: threads.
 DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
     "request_timeout": 10,
     "max_retries": 1,
     "retry_on_timeout": False,
     "connections_per_node": 1,
 }
+"""Defaults passed to ``Elasticsearch(...)`` unless given.
+
+- ``request_timeout``: seconds per request.
+- ``max_retries``, ``retry_on_timeout``: one retry on another node for connection errors and 429/502/503/504, none
+  on timeouts: the pool's own retries (``pool.run``) already repeat a failed unit of work, and retries at both
+  levels multiply (3 x 3 attempts of a 10 s timeout is minutes).
+- ``connections_per_node``: HTTP connections each client keeps to each node. elastic_transport's default, 10, suits
+  one client shared by many threads; a pooled client is used by one thread at a time and reads every response
+  whole, so one connection per node is all it uses, and 10 would let a pool of ``max_size`` clients hold up to
+  ``10 * max_size`` sockets per node. The cap is strict (a request waits for the connection rather than opening
+  another): raise it for clients that ``helpers.parallel_bulk`` shares between threads.
+"""
 
 # Client options that may be zero-argument callables resolved at every connect (rotated keys and passwords).
 # Other options can legitimately be callables or classes (node_selector_class, serializer...) and pass as they are.
@@ -43,14 +46,14 @@ class ElasticsearchConnector(Connector[Any]):
         hosts: One node URL or a list of them (the client spreads requests over them and skips dead ones), or a
             zero-argument callable returning either. User info in a URL (``https://user:pw@host``) is masked in
             descriptions and messages.
-        verify_on_connect: Whether :meth:`connect` calls ``info()`` once, so that wrong credentials or an
+        verify_on_connect: Whether [`connect`][] calls ``info()`` once, so that wrong credentials or an
             unreachable cluster show at connect time rather than on first use. Defaults to True.
-        client_kwargs: Passed to ``Elasticsearch``; :data:`DEFAULT_CLIENT_OPTIONS` fill in ``request_timeout``
+        client_kwargs: Passed to ``Elasticsearch``; [`DEFAULT_CLIENT_OPTIONS`][] fill in ``request_timeout``
             (10 s), ``max_retries`` (1), ``retry_on_timeout`` (False) and ``connections_per_node`` (1 HTTP
             connection per node and client; ``NodeConfig`` hosts keep their own). ``api_key``, ``basic_auth``,
             ``bearer_auth`` and ``http_auth`` may be zero-argument callables, resolved at every connect.
 
-    :meth:`check` calls ``info()`` (``GET /``), which needs the ``cluster:monitor/main`` privilege. It does not use
+    [`check`][] calls ``info()`` (``GET /``), which needs the ``cluster:monitor/main`` privilege. It does not use
     ``ping()``, which answers False both for a dead cluster and for refused credentials.
     """
 
@@ -79,7 +82,7 @@ class ElasticsearchConnector(Connector[Any]):
     def connect(self) -> Any:
         """Make a client and (``verify_on_connect``) call ``info()`` once.
 
-        Raises :class:`~syncpool.AuthError` on 401/403; other errors are re-raised as the client raised them, with
+        Raises [`AuthError`][] on 401/403; other errors are re-raised as the client raised them, with
         any secret removed from their message.
         """
         from elasticsearch import Elasticsearch

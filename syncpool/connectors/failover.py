@@ -34,13 +34,13 @@ class FailoverConnector(Connector[T]):
     ``max_backoff``; one successful connect clears it. When every member is backing off, the one whose backoff
     ends first is tried anyway rather than failing without trying.
 
-    An :class:`~syncpool.AuthError` from a member (or an error its ``is_auth_error`` recognises) is raised at once
+    An [`AuthError`][] from a member (or an error its ``is_auth_error`` recognises) is raised at once
     without trying the others: the members are addresses of one service, so they presumably share credentials,
     and trying them all would only hide the refusal behind timeouts. Give the members distinct connectors if that
     is not so.
 
-    Each client remembers the member that made it, and :meth:`check`, :meth:`is_broken`, :meth:`reset`,
-    :meth:`close` and :meth:`after_fork` are delegated to that member.
+    Each client remembers the member that made it, and [`check`][], [`is_broken`][], [`reset`][],
+    [`close`][] and [`after_fork`][] are delegated to that member.
 
     For PostgreSQL, libpq's own multi-host conninfo (``host=a,b target_session_attrs=read-write``) is an
     alternative that also picks the primary; this class adds the memory of failed hosts and works for any client.
@@ -133,8 +133,8 @@ class FailoverConnector(Connector[T]):
     def connect(self) -> T:
         """Connect through the first member out of backoff that succeeds.
 
-        Raises :class:`~syncpool.AuthError` at once when a member's credentials are refused, and
-        :class:`~syncpool.ConnectError` chaining the last member's error when all the members tried fail.
+        Raises [`AuthError`][] at once when a member's credentials are refused, and
+        [`ConnectError`][] chaining the last member's error when all the members tried fail.
         """
         candidates = self._candidates()
         last_error: BaseException | None = None

@@ -71,8 +71,8 @@ _IDLE = 0
 _INERROR = 3
 _REUSABLE = frozenset({0, 2, 3})
 
-#: Default libpq ``connect_timeout`` (seconds, per host tried) when neither the conninfo nor the keywords set one.
 DEFAULT_CONNECT_TIMEOUT = 10
+"""Default libpq ``connect_timeout`` (seconds, per host tried) when neither the conninfo nor the keywords set one."""
 
 
 def _resolve(value: Any) -> Any:
@@ -90,17 +90,17 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         configure: Called once with each new connection, before the pool hands it out (``SET`` commands,
             ``register_*`` adapters). If it leaves a transaction open (autocommit off), the transaction is committed
             so that its ``SET`` commands persist; if it leaves an error, the connection is discarded.
-        check_timeout: How long :meth:`check` may take, in seconds, before the connection is declared dead.
+        check_timeout: How long [`check`][] may take, in seconds, before the connection is declared dead.
             Defaults to 5.
-        retry_serialization: Whether :meth:`is_transient` counts serialization failures (40001) and deadlocks
+        retry_serialization: Whether [`is_transient`][] counts serialization failures (40001) and deadlocks
             (40P01) as transient, i.e. whether a retried unit of work is a whole transaction. Defaults to False.
         connection_class: A ``psycopg.Connection`` subclass whose ``connect()`` makes the connections. Defaults to
             ``psycopg.Connection``.
         pgbouncer: Whether the connections go through PgBouncer (or a pooler like it). In its transaction and
             statement pooling modes, consecutive transactions of one connection may run in different server
             sessions, so psycopg then prepares no statement on the server (``prepare_threshold=None``, unless given
-            explicitly, for PgBouncer 1.22+ with ``max_prepared_statements`` and libpq 17+), :meth:`check` never
-            prepares its query, and PgBouncer's own login refusals raise :class:`~syncpool.AuthError`. Returns
+            explicitly, for PgBouncer 1.22+ with ``max_prepared_statements`` and libpq 17+), [`check`][] never
+            prepares its query, and PgBouncer's own login refusals raise [`AuthError`][]. Returns
             still only roll back (no ``DISCARD ALL``: PgBouncer resets server sessions itself). Session-level state
             (``SET``, advisory locks, ``LISTEN``, ``WITH HOLD`` cursors, temporary tables) does not outlive the
             transaction that made it, in ``configure`` too: see "Behind PgBouncer" in the PostgreSQL guide. In
@@ -111,13 +111,13 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
             seconds when neither this nor the conninfo sets it, so that a connect cannot hang on a lost host.
 
     At the end of a ``with pool.connection()`` block the transaction is committed, or rolled back if the block
-    raised (see :meth:`release`; autocommit connections are left alone). Connections returned with ``putconn()``
+    raised (see [`release`][]; autocommit connections are left alone). Connections returned with ``putconn()``
     go back as they are when idle (no round trip); a transaction left open or failed is rolled back with a warning.
     A connection in the middle of a command (an unfinished ``COPY``), in an unknown state, closed or broken is
     discarded.
 
-    Refused credentials and a missing database fail every waiting caller at once, as :class:`~syncpool.AuthError`
-    and :class:`~syncpool.ConnectRejected` (see :meth:`is_auth_error` and :meth:`is_permanent`).
+    Refused credentials and a missing database fail every waiting caller at once, as [`AuthError`][]
+    and [`ConnectRejected`][] (see [`is_auth_error`][] and [`is_permanent`][]).
     """
 
     # Whether release() may pass an idle connection back on its own (one status read, no other call). Off in
@@ -199,9 +199,9 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
     def connect(self) -> psycopg.Connection[Any]:
         """Open a connection, run ``configure`` on it, and return it idle.
 
-        Raises :class:`~syncpool.AuthError` when the server refuses who we are (see :meth:`is_auth_error`) and
-        :class:`~syncpool.ConnectRejected` when it rejects the connection for another reason retrying cannot fix
-        (see :meth:`is_permanent`), both with the server's message and chaining psycopg's error. Any other psycopg
+        Raises [`AuthError`][] when the server refuses who we are (see [`is_auth_error`][]) and
+        [`ConnectRejected`][] when it rejects the connection for another reason retrying cannot fix
+        (see [`is_permanent`][]), both with the server's message and chaining psycopg's error. Any other psycopg
         error is re-raised as it is. Messages are cleared of the password either way.
         """
         import psycopg
@@ -283,7 +283,7 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         prepared, and it is a transaction of its own, so the bouncer lends it a server connection for that one
         statement (the wait for one counts against ``check_timeout``). When the server does not answer
         in time (a hung backend, a silently dropped network), the socket is shut down to unblock the wait, which
-        leaves the connection broken, and :class:`TimeoutError` is raised: the pool discards the connection.
+        leaves the connection broken, and ``TimeoutError`` is raised: the pool discards the connection.
         """
         from psycopg.pq import TransactionStatus
 
@@ -350,14 +350,14 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
 
         An idle connection (nothing run, or committed already) costs one local status read and no round trip. An
         autocommit connection is left alone: a transaction opened on it with an explicit ``BEGIN`` is the caller's,
-        and :meth:`reset` rolls it back with a warning. A transaction that failed inside the block (``INERROR``: an
+        and [`reset`][] rolls it back with a warning. A transaction that failed inside the block (``INERROR``: an
         error was caught and the block went on) cannot commit: on a clean exit it is rolled back with a warning
         (psycopg's ``with conn:`` sends ``COMMIT``, which the server turns into a rollback without a word). A commit
         that fails (a deferred constraint, a serialization failure, a lost connection) raises here, so the caller
         sees it and the pool discards the connection. A rollback that fails after the block raised is logged
         instead, so that the block's own error is the one that propagates; the return path then rolls back again
         or discards the connection. A connection mid-command (an unfinished ``COPY``), closed or broken is
-        discarded. Then, as for :meth:`Pool.putconn`, :meth:`is_broken` and :meth:`reset` decide whether it goes
+        discarded. Then, as for [`Pool.putconn`][], [`is_broken`][] and [`reset`][] decide whether it goes
         back.
         """
         status = client.pgconn.transaction_status
@@ -453,8 +453,8 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
         credentials: an unknown database (3D000), a database not accepting connections (``ALLOW_CONNECTIONS
         false``), or a conninfo psycopg cannot use (a misspelt parameter, an invalid value).
 
-        The pool reports such an error to every waiting caller at once as :class:`~syncpool.ConnectRejected`
-        (:meth:`connect` raises that class already, with the server's message).
+        The pool reports such an error to every waiting caller at once as [`ConnectRejected`][]
+        ([`connect`][] raises that class already, with the server's message).
         """
         if isinstance(error, ConnectRejected):
             return True
@@ -479,7 +479,7 @@ class PostgresConnector(Connector["psycopg.Connection[Any]"]):
 
         Connection losses and timeouts (psycopg's ``OperationalError`` family, which includes admin shutdowns,
         cancelled statements and connect failures, and Python's own ``ConnectionError``/``TimeoutError``) are
-        transient, except what :meth:`is_auth_error` and :meth:`is_permanent` recognise. Serialization failures
+        transient, except what [`is_auth_error`][] and [`is_permanent`][] recognise. Serialization failures
         (40001) and deadlocks (40P01) are transient only when the connector was built with
         ``retry_serialization=True``.
         """
@@ -513,7 +513,7 @@ class _Deadlines:
         forking.register(self)
 
     def add(self, delay: float, callback: Callable[[], object]) -> int:
-        """Call ``callback`` on the watcher thread in ``delay`` seconds unless :meth:`cancel` is called first."""
+        """Call ``callback`` on the watcher thread in ``delay`` seconds unless ``cancel`` is called first."""
         token = next(self._tokens)
         with self._cond:
             heapq.heappush(self._heap, (time.monotonic() + delay, token, callback))

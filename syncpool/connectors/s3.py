@@ -22,21 +22,23 @@ _SESSION_KEYS = frozenset(
     }
 )
 
-#: Defaults of the botocore ``Config`` every client gets; a ``config=`` passed to the connector overrides them.
-#: ``connect_timeout``/``read_timeout``: seconds per attempt, so that a dead endpoint fails fast.
-#: ``retries``: "standard" mode, 3 attempts in all, so that botocore's retries times the pool's retries stay short.
-#: ``max_pool_connections``: HTTP connections each client keeps open (per endpoint host). boto3's own default, 10,
-#: suits one client shared by many threads; a pooled client is used by one thread at a time, which needs one
-#: connection, or two when it reads a streamed ``get_object`` body while making another call. 10 per client would
-#: let a pool of ``max_size`` clients hold up to ``10 * max_size`` sockets. urllib3 still opens a connection beyond
-#: the cap when every kept one is busy, and closes it after use with a "Connection pool is full" warning: raise the
-#: cap for clients that run boto3's managed transfers (``upload_file``/``download_file``, 10 threads by default).
 DEFAULT_CONFIG: dict[str, Any] = {
     "connect_timeout": 5,
     "read_timeout": 30,
     "retries": {"mode": "standard", "total_max_attempts": 3},
     "max_pool_connections": 2,
 }
+"""Defaults of the botocore ``Config`` every client gets; a ``config=`` passed to the connector overrides them.
+
+- ``connect_timeout``/``read_timeout``: seconds per attempt, so that a dead endpoint fails fast.
+- ``retries``: "standard" mode, 3 attempts in all, so that botocore's retries times the pool's retries stay short.
+- ``max_pool_connections``: HTTP connections each client keeps open (per endpoint host). boto3's own default, 10,
+  suits one client shared by many threads; a pooled client is used by one thread at a time, which needs one
+  connection, or two when it reads a streamed ``get_object`` body while making another call. 10 per client would
+  let a pool of ``max_size`` clients hold up to ``10 * max_size`` sockets. urllib3 still opens a connection beyond
+  the cap when every kept one is busy, and closes it after use with a "Connection pool is full" warning: raise the
+  cap for clients that run boto3's managed transfers (``upload_file``/``download_file``, 10 threads by default).
+"""
 
 # Error codes meaning the credentials are missing, wrong, expired or not allowed. HeadBucket has no response body,
 # so a refusal there only shows as the HTTP status ("403").
@@ -99,13 +101,13 @@ class S3Connector(Connector[Any]):
     boto3 sessions are not thread-safe, so no client is ever made from the shared default session.
 
     Args:
-        bucket: A bucket the clients will use. :meth:`check` calls ``head_bucket`` on it (cheap, and it needs only
+        bucket: A bucket the clients will use. [`check`][] calls ``head_bucket`` on it (cheap, and it needs only
             the permissions the application has anyway); without one it calls ``list_buckets``.
-        config: A ``botocore.config.Config`` merged over :data:`DEFAULT_CONFIG` (connect timeout 5 s, read timeout
+        config: A ``botocore.config.Config`` merged over [`DEFAULT_CONFIG`][] (connect timeout 5 s, read timeout
             30 s, standard retry mode with 3 attempts in all, 2 HTTP connections kept per client): the settings
             it gives win, the others keep their defaults. ``Config(max_pool_connections=10)`` restores boto3's
             own connection count, e.g. for clients that run managed transfers.
-        verify_on_connect: Whether :meth:`connect` makes the :meth:`check` call once. boto3 clients connect lazily,
+        verify_on_connect: Whether [`connect`][] makes the [`check`][] call once. boto3 clients connect lazily,
             so without it wrong credentials would only show on first use. Defaults to True.
         client_kwargs: ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``, ``region_name``,
             ``profile_name`` go to the session; the rest (``endpoint_url``, ``verify``...) to
@@ -153,9 +155,9 @@ class S3Connector(Connector[Any]):
         return config
 
     def connect(self) -> Any:
-        """Make a session and a client, then (``verify_on_connect``) make the :meth:`check` call once.
+        """Make a session and a client, then (``verify_on_connect``) make the [`check`][] call once.
 
-        Raises :class:`~syncpool.AuthError` when the credentials are missing or refused; other errors are re-raised
+        Raises [`AuthError`][] when the credentials are missing or refused; other errors are re-raised
         as botocore raised them, with any secret removed from their message.
         """
         import boto3.session
@@ -190,7 +192,7 @@ class S3Connector(Connector[Any]):
     def check(self, client: Any) -> None:
         """``head_bucket`` on the configured bucket, else ``list_buckets``: one cheap request.
 
-        Bounded by the client's connect and read timeouts and retry attempts (see :data:`DEFAULT_CONFIG`).
+        Bounded by the client's connect and read timeouts and retry attempts (see [`DEFAULT_CONFIG`][]).
         """
         if self.bucket:
             client.head_bucket(Bucket=self.bucket)

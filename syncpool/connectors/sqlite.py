@@ -47,7 +47,7 @@ class SQLiteConnector(Connector[sqlite3.Connection]):
     ``"file:name?mode=memory&cache=shared"``) with ``uri=True``; it lives as long as one connection to it is open.
 
     At the end of a ``with pool.connection()`` block the transaction is committed, or rolled back if the block
-    raised (see :meth:`release`); a connection returned with ``putconn()`` has an open transaction rolled back.
+    raised (see [`release`][]); a connection returned with ``putconn()`` has an open transaction rolled back.
 
     Args:
         database: A path, ``":memory:"`` or (with ``uri=True``) a ``file:`` URI.
@@ -116,12 +116,12 @@ class SQLiteConnector(Connector[sqlite3.Connection]):
         raised, as sqlite3's own ``with conn:`` does.
 
         An autocommit connection (``autocommit=True``, or ``isolation_level=None`` in legacy mode) is left alone:
-        a transaction opened on it with ``BEGIN`` is the caller's, and :meth:`reset` rolls it back with a warning
+        a transaction opened on it with ``BEGIN`` is the caller's, and [`reset`][] rolls it back with a warning
         (sqlite3's ``with conn:`` commits it under ``isolation_level=None``). A commit that fails (the database is
         locked past the busy ``timeout``, a deferred foreign key) raises, so the caller sees it and the pool
         discards the connection, which releases its locks. A rollback that fails after the block raised is logged
-        instead, so that the block's own error is the one that propagates. Then :meth:`is_broken` and :meth:`reset`
-        decide whether it goes back, as for :meth:`Pool.putconn`.
+        instead, so that the block's own error is the one that propagates. Then [`is_broken`][] and [`reset`][]
+        decide whether it goes back, as for [`Pool.putconn`][].
         """
         try:
             ending = client.in_transaction and _transaction_mode(client) != "autocommit"

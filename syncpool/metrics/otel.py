@@ -23,10 +23,10 @@ and, outside the conventions, ``syncpool.pool.discards`` (by ``reason``), ``sync
 
 Why two mechanisms: observable instruments read ``pool.stats()`` when the SDK collects, which is exact and
 costs nothing in between. OpenTelemetry histograms, though, can only be fed one measurement at a time, and a
-pool's :class:`~syncpool.histogram.Histogram` cannot be replayed into them, so the three time histograms are
-fed by pool events: :func:`instrument` subscribes with ``pool.add_listener("lease"|"return"|"connect", cb)``
+pool's [`Histogram`][syncpool.histogram.Histogram] cannot be replayed into them, so the three time histograms are
+fed by pool events: [`instrument`][] subscribes with ``pool.add_listener("lease"|"return"|"connect", cb)``
 and records ``info["wait"]``, ``info["use"]`` and ``info["duration"]``. They therefore cover the events that
-happen after :func:`instrument`. The listeners only call ``Histogram.record`` (no I/O, no lock of ours).
+happen after [`instrument`][]. The listeners only call ``Histogram.record`` (no I/O, no lock of ours).
 """
 
 from __future__ import annotations
@@ -55,14 +55,14 @@ def _require_otel() -> Any:
 
 
 class Instrumentation:
-    """What :func:`instrument` set up for one pool; call :meth:`close` to stop publishing.
+    """What [`instrument`][] set up for one pool; call [`close`][] to stop publishing.
 
-    Observable instruments cannot be removed from a meter, so after :meth:`close` their callbacks report
+    Observable instruments cannot be removed from a meter, so after [`close`][] their callbacks report
     nothing; the pool listeners are removed.
     """
 
     def __init__(self, pool: Any, meter: Any) -> None:
-        """Create the instruments and subscribe to the pool's events (use :func:`instrument`)."""
+        """Create the instruments and subscribe to the pool's events (use [`instrument`][])."""
         from opentelemetry.metrics import Observation
 
         self._observation = Observation
@@ -219,7 +219,7 @@ def instrument(pool: Any, meter_provider: Any = None) -> Instrumentation:
             (``opentelemetry.metrics.get_meter_provider()``).
 
     Returns:
-        An :class:`Instrumentation`; call its ``close()`` to stop.
+        An [`Instrumentation`][]; call its ``close()`` to stop.
 
     Raises:
         ImportError: If opentelemetry-api is not installed (``pip install syncpool[otel]``).

@@ -5,23 +5,25 @@ live histograms from ``pool.histograms()``) at scrape time, so nothing is record
 between scrapes. Several pools can share a registry: they are told apart by the ``pool`` label.
 
 Metric families (all labelled ``pool``; other labels only ``state``, ``reason``, ``result``, ``method`` and
-``error_type``, never anything from a connection string)::
+``error_type``, never anything from a connection string):
 
-    syncpool_pool_connections{state="idle|in_use|connecting"}     gauge
-    syncpool_pool_size / _min_size / _max_size / _waiting           gauge
-    syncpool_pool_leases_total                                      counter
-    syncpool_pool_lease_timeouts_total                              counter
-    syncpool_pool_connections_created_total                         counter
-    syncpool_pool_connect_errors_total                              counter
-    syncpool_pool_leaks_detected_total                              counter
-    syncpool_pool_discards_total{reason}                            counter
-    syncpool_pool_health_checks_total{result="ok|failed"}           counter
-    syncpool_pool_breaker_state{state="closed|open|half_open"}      gauge, 1 for the current state
-    syncpool_pool_wait_seconds / _use_seconds / _connect_seconds    histogram
-    syncpool_client_operations_total{method}                        counter   (pools with monitor=True)
-    syncpool_client_errors_total{method,error_type}                 counter
-    syncpool_client_latency_seconds{method}                         histogram (only a +Inf bucket if the
-                                                                     pool exposes no ``client_stats``)
+```text
+syncpool_pool_connections{state="idle|in_use|connecting"}     gauge
+syncpool_pool_size / _min_size / _max_size / _waiting           gauge
+syncpool_pool_leases_total                                      counter
+syncpool_pool_lease_timeouts_total                              counter
+syncpool_pool_connections_created_total                         counter
+syncpool_pool_connect_errors_total                              counter
+syncpool_pool_leaks_detected_total                              counter
+syncpool_pool_discards_total{reason}                            counter
+syncpool_pool_health_checks_total{result="ok|failed"}           counter
+syncpool_pool_breaker_state{state="closed|open|half_open"}      gauge, 1 for the current state
+syncpool_pool_wait_seconds / _use_seconds / _connect_seconds    histogram
+syncpool_client_operations_total{method}                        counter   (pools with monitor=True)
+syncpool_client_errors_total{method,error_type}                 counter
+syncpool_client_latency_seconds{method}                         histogram (only a +Inf bucket if the
+                                                                 pool exposes no client_stats)
+```
 """
 
 from __future__ import annotations
@@ -229,7 +231,7 @@ def instrument(pool: Any, registry: Any = None) -> PoolCollector:
         registry: A ``prometheus_client.CollectorRegistry``. Defaults to the global ``REGISTRY``.
 
     Returns:
-        The registry's :class:`PoolCollector` (shared by every pool instrumented on that registry).
+        The registry's [`PoolCollector`][] (shared by every pool instrumented on that registry).
 
     Raises:
         ImportError: If prometheus_client is not installed (``pip install syncpool[prometheus]``).

@@ -1,17 +1,17 @@
 """A small in-memory Elasticsearch node that the real ``elasticsearch`` client (8.x and 9.x) talks to.
 
-:class:`ElasticsearchNode` is a threaded HTTP/1.1 server (keep-alive, like a real node) implementing the handful of
+[`ElasticsearchNode`][] is a threaded HTTP/1.1 server (keep-alive, like a real node) implementing the handful of
 endpoints pool tests need: info, document index/get/delete, ``_bulk``, ``_search`` and ``_count`` with ``match_all``
 and ``term`` queries, index create/delete/refresh/exists and ``_cluster/health``. Every response carries
 ``X-Elastic-Product: Elasticsearch`` (the client's product check) and a JSON content type matching what the client
 asked for (``application/vnd.elasticsearch+json; compatible-with=N`` in compatibility mode).
 
-It can also misbehave on demand (:meth:`ElasticsearchNode.set_behaviour`): answer every request with a fixed error
+It can also misbehave on demand ([`ElasticsearchNode.set_behaviour`][]): answer every request with a fixed error
 status, answer late, or accept requests and never answer. Authentication is enforced when credentials are given.
 
 To run the same tests against a real cluster, set ``SYNCPOOL_TEST_ELASTICSEARCH_URL`` (credentials may be embedded
-in the URL); the pytest fixtures then yield an :class:`ExternalElasticsearch`, whose fault controls raise
-:class:`NotImplementedError`.
+in the URL); the pytest fixtures then yield an [`ExternalElasticsearch`][], whose fault controls raise
+``NotImplementedError``.
 """
 
 from __future__ import annotations
@@ -355,11 +355,11 @@ class ElasticsearchNode:
             self._store.indices.clear()
 
     def is_running(self) -> bool:
-        """Return True between :meth:`start` and :meth:`stop`."""
+        """Return True between [`start`][] and [`stop`][]."""
         return self._server is not None
 
     def start(self) -> ElasticsearchNode:
-        """Start serving in a background thread (on the previous port after a :meth:`stop`). Returns ``self``."""
+        """Start serving in a background thread (on the previous port after a [`stop`][]). Returns ``self``."""
         with self._lock:
             if self._server is not None:
                 return self
@@ -403,7 +403,7 @@ class ElasticsearchNode:
             self._behaviour = _Behaviour(old.status, old.delay, old.hang)
 
     def close(self) -> None:
-        """Same as :meth:`stop`."""
+        """Same as [`stop`][]."""
         self.stop()
 
     def __enter__(self) -> ElasticsearchNode:
@@ -634,9 +634,9 @@ class ElasticsearchNode:
 
 
 class ExternalElasticsearch:
-    """A real cluster (``SYNCPOOL_TEST_ELASTICSEARCH_URL``) with the attributes of :class:`ElasticsearchNode`.
+    """A real cluster (``SYNCPOOL_TEST_ELASTICSEARCH_URL``) with the attributes of [`ElasticsearchNode`][].
 
-    Fault controls and stop/start raise :class:`NotImplementedError`.
+    Fault controls and stop/start raise ``NotImplementedError``.
 
     Args:
         url: The cluster URL, optionally with ``user:password@`` in it.
@@ -659,7 +659,7 @@ class ExternalElasticsearch:
         return self
 
     def stop(self) -> None:
-        """Raise :class:`NotImplementedError`: an external cluster cannot be stopped by tests."""
+        """Raise ``NotImplementedError``: an external cluster cannot be stopped by tests."""
         raise NotSupportedExternally(
             "cannot stop an external Elasticsearch (SYNCPOOL_TEST_ELASTICSEARCH_URL is set)"
         )
@@ -668,12 +668,12 @@ class ExternalElasticsearch:
         """Do nothing."""
 
     def set_behaviour(self, status: int | None = None, delay: float = 0.0, hang: bool = False) -> None:
-        """Accept the normal behaviour (no arguments); raise :class:`NotImplementedError` for any fault."""
+        """Accept the normal behaviour (no arguments); raise ``NotImplementedError`` for any fault."""
         if status is not None or delay or hang:
             raise NotSupportedExternally("cannot inject faults into an external Elasticsearch")
 
     def set_auth(self, **credentials: Any) -> None:
-        """Accept "no change" (no arguments); raise :class:`NotImplementedError` otherwise."""
+        """Accept "no change" (no arguments); raise ``NotImplementedError`` otherwise."""
         if any(value is not None for value in credentials.values()):
             raise NotSupportedExternally("cannot change the credentials of an external Elasticsearch")
 
@@ -682,7 +682,7 @@ class ExternalElasticsearch:
 
     @property
     def requests_seen(self) -> int:
-        """Raise :class:`NotImplementedError`: requests to an external cluster are not counted."""
+        """Raise ``NotImplementedError``: requests to an external cluster are not counted."""
         raise NotSupportedExternally("requests to an external Elasticsearch are not counted")
 
     def __repr__(self) -> str:

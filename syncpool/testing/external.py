@@ -1,10 +1,10 @@
 """What the test servers do when tests run against real, externally managed services.
 
 Setting ``SYNCPOOL_TEST_POSTGRES_DSN``, ``SYNCPOOL_TEST_S3_ENDPOINT`` or ``SYNCPOOL_TEST_ELASTICSEARCH_URL`` makes the
-pytest fixtures yield lightweight stand-ins (:class:`~syncpool.testing.postgres.ExternalPostgres`,
-:class:`~syncpool.testing.s3.ExternalS3`, :class:`~syncpool.testing.elasticsearch.ExternalElasticsearch`) instead of
+pytest fixtures yield lightweight stand-ins ([`ExternalPostgres`][],
+[`ExternalS3`][], [`ExternalElasticsearch`][]) instead of
 starting servers. What cannot be done to a service the tests do not own (stopping it, injecting faults) raises
-:class:`NotSupportedExternally`, which the pytest plugin turns into a skip.
+[`NotSupportedExternally`][], which the pytest plugin turns into a skip.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A real PgBouncer for tests, from Debian's ``pgbouncer`` package, in front of a PostgreSQL server.
 
-:class:`PgBouncerServer` writes a configuration and an auth file into a fresh temporary directory and runs the
+[`PgBouncerServer`][] writes a configuration and an auth file into a fresh temporary directory and runs the
 ``pgbouncer`` binary (found in ``PATH`` or ``/usr/sbin``) in the foreground, listening on 127.0.0.1 only, on a TCP port
 chosen at the first start and kept across stop/start. Clients log in with SCRAM (``auth_type = scram-sha-256``) as
 the role the bouncer itself uses on the server: the auth file holds that role's password, so PgBouncer can both
@@ -10,11 +10,11 @@ PgBouncer refuses to run as root. When this process is root, the bouncer runs as
 as the embedded PostgreSQL (``embedded_postgres``, created with ``useradd`` if missing); its directory is chowned to
 that user and readable by nobody else. As non-root, everything runs as the current user.
 
-No ``pgbouncer`` process may outlive its owner: an :mod:`atexit` hook stops running bouncers, and each has a small
+No ``pgbouncer`` process may outlive its owner: an ``atexit`` hook stops running bouncers, and each has a small
 watchdog process that stops it and deletes its directory when the owning process dies without cleaning up.
 
-When the binary is missing, :meth:`PgBouncerServer.start` raises :class:`FileNotFoundError` with
-:data:`INSTALL_HINT`, and the pytest fixtures skip with it.
+When the binary is missing, [`PgBouncerServer.start`][] raises ``FileNotFoundError`` with
+``INSTALL_HINT``, and the pytest fixtures skip with it.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ _running: set[PgBouncerServer] = set()
 
 
 class Upstream(Protocol):
-    """What :class:`PgBouncerServer` needs to know of the PostgreSQL server behind it."""
+    """What [`PgBouncerServer`][] needs to know of the PostgreSQL server behind it."""
 
     host: str
     port: int
@@ -123,15 +123,15 @@ def _auth_file_quote(value: str) -> str:
 class PgBouncerServer(_Addresses):
     """A throw-away PgBouncer on 127.0.0.1 in front of a PostgreSQL server.
 
-    Clients connect with :attr:`dsn` (or :attr:`url`): the same role, password and database name as the upstream,
-    on the bouncer's :attr:`host` and :attr:`port`. PgBouncer keeps at most ``default_pool_size`` server connections
-    for that role and database (no reserve pool, no minimum), whatever the number of clients, up to
-    ``max_client_conn``.
+    Clients connect with [`dsn`][syncpool.testing.PgBouncerServer.dsn] (or
+    [`url`][syncpool.testing.PgBouncerServer.url]): the same role, password and database name as the upstream, on the
+    bouncer's ``host`` and ``port``. PgBouncer keeps at most ``default_pool_size`` server connections for that role
+    and database (no reserve pool, no minimum), whatever the number of clients, up to ``max_client_conn``.
 
     Args:
         upstream: The PostgreSQL server to put the bouncer in front of: anything with ``host``, ``port``, ``user``,
-            ``password`` and ``dbname`` (a :class:`~syncpool.testing.PostgresServer`, an
-            :class:`~syncpool.testing.ExternalPostgres`). Its address is read at every start, so a server whose
+            ``password`` and ``dbname`` (a [`PostgresServer`][], an
+            [`ExternalPostgres`][]). Its address is read at every start, so a server whose
             port is picked at its first start may be given before it starts.
         user: Role the clients and the bouncer log in as. Defaults to ``upstream.user``.
         password: Password of ``user``. Defaults to ``upstream.password``.
@@ -140,7 +140,7 @@ class PgBouncerServer(_Addresses):
         default_pool_size: Server connections per role and database. Defaults to 4.
         max_client_conn: Client connections the bouncer accepts. Defaults to 100.
         port: TCP port; 0 picks a free one at the first start.
-        binary: Path of the ``pgbouncer`` executable. Defaults to :func:`find_pgbouncer`'s answer.
+        binary: Path of the ``pgbouncer`` executable. Defaults to ``find_pgbouncer``'s answer.
     """
 
     host = "127.0.0.1"
@@ -256,7 +256,7 @@ class PgBouncerServer(_Addresses):
         """Start the bouncer and wait until it accepts TCP connections; does nothing if it is running.
 
         Raises:
-            FileNotFoundError: ``pgbouncer`` is not installed (the message is :data:`INSTALL_HINT`).
+            FileNotFoundError: ``pgbouncer`` is not installed (the message is ``INSTALL_HINT``).
             RuntimeError: It did not start; the message ends with its log.
         """
         with self._lock:
@@ -333,7 +333,7 @@ class PgBouncerServer(_Addresses):
             return text.encode() in log.read()
 
     def stop(self, mode: str = "safe", timeout: float = 5.0) -> None:
-        """Stop the bouncer and wait for it to be gone. The port is kept for the next :meth:`start`.
+        """Stop the bouncer and wait for it to be gone. The port is kept for the next [`start`][].
 
         Args:
             mode: ``"safe"`` (SIGINT: PgBouncer waits for the server connections in use to be released, then exits;

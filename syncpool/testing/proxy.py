@@ -1,8 +1,8 @@
 """A TCP proxy that breaks connections on demand, to put in front of any server in tests.
 
-:class:`FaultProxy` listens on 127.0.0.1 (a free port, kept for its whole life) and forwards each accepted
+[`FaultProxy`][] listens on 127.0.0.1 (a free port, kept for its whole life) and forwards each accepted
 connection to the target. Its mode can be switched at any time and applies to *new* connections; ``latency``
-also applies to established ones, and :meth:`FaultProxy.cut` acts on established ones only:
+also applies to established ones, and [`FaultProxy.cut`][] acts on established ones only:
 
 ============== =====================================================================================
 pass_through   forward bytes both ways (the default)
@@ -14,7 +14,7 @@ cut()          RST every established connection at once (both sides); the mode d
 ============== =====================================================================================
 
 Threads: one accept thread, plus two pump threads per forwarded connection (one per direction). All are daemon
-threads named ``syncpool-proxy-...`` and joined by :meth:`FaultProxy.close`.
+threads named ``syncpool-proxy-...`` and joined by [`FaultProxy.close`][].
 """
 
 from __future__ import annotations
@@ -133,8 +133,8 @@ class FaultProxy:
     Args:
         target_host: Host to forward to.
         target_port: Port to forward to.
-        listen_host: Address to listen on. The port is a free one, chosen by :meth:`start` and kept until
-            :meth:`close`.
+        listen_host: Address to listen on. The port is a free one, chosen by [`start`][] and kept until
+            [`close`][].
         connect_timeout: Timeout of the proxy's own connect to the target, in seconds. Defaults to 5.
     """
 
@@ -235,7 +235,7 @@ class FaultProxy:
     # -- modes -------------------------------------------------------------------------------------------------
 
     def pass_through(self) -> None:
-        """Forward new connections normally (listening again on the same port after :meth:`refuse`); no latency."""
+        """Forward new connections normally (listening again on the same port after [`refuse`][]); no latency."""
         with self._lock:
             self._mode = "pass_through"
             self._latency = 0.0

@@ -2,30 +2,30 @@
 
 Fixtures:
 
-- ``postgres_server``: a :class:`~syncpool.testing.PostgresServer`, one per session and per xdist worker, started
+- ``postgres_server``: a [`PostgresServer`][], one per session and per xdist worker, started
   at the first test that asks for it and guaranteed running at the start of every test (a test may stop it).
-- ``s3_server``: a :class:`~syncpool.testing.S3Server` (session).
-- ``elasticsearch_node``: an :class:`~syncpool.testing.ElasticsearchNode` (session), running, behaving normally and
+- ``s3_server``: a [`S3Server`][] (session).
+- ``elasticsearch_node``: an [`ElasticsearchNode`][] (session), running, behaving normally and
   with authentication off at the start of every test. Indices are kept between tests: use unique names.
 - ``fault_proxy``: a factory, ``fault_proxy(host, port) -> FaultProxy`` (started); every proxy made by a test is
   closed when it ends.
-- ``pgbouncer_server``: a running :class:`~syncpool.testing.PgBouncerServer` in front of ``postgres_server``, in the
+- ``pgbouncer_server``: a running [`PgBouncerServer`][] in front of ``postgres_server``, in the
   pool mode named by the ``pgbouncer_mode`` fixture (``"transaction"``; parametrize ``pgbouncer_mode`` to get
-  ``"session"``), with :data:`PGBOUNCER_POOL_SIZES` server connections. One bouncer per mode, per session and per
+  ``"session"``), with [`PGBOUNCER_POOL_SIZES`][] server connections. One bouncer per mode, per session and per
   xdist worker, started at the first test that asks for it. On a managed server each bouncer logs in as a role of
   its own (``syncpool_bouncer_<mode>``, not a superuser), so the ``pg_stat_activity`` rows of ``bouncer.user`` are
   that bouncer's server connections. Tests are skipped when the ``pgbouncer`` binary is missing.
 
 Servers start lazily (only when a test asks) under a per-worker directory from ``tmp_path_factory`` and stop at the
-end of the session; an :mod:`atexit` hook also stops PostgreSQL when the run is interrupted.
+end of the session; an ``atexit`` hook also stops PostgreSQL when the run is interrupted.
 
 External services: set ``SYNCPOOL_TEST_POSTGRES_DSN`` (libpq conninfo or URL), ``SYNCPOOL_TEST_S3_ENDPOINT``
 (credentials from the standard ``AWS_*`` variables) or ``SYNCPOOL_TEST_ELASTICSEARCH_URL`` (credentials may be
 embedded in the URL) and the matching fixture yields an ``External*`` object with the same connection attributes
 instead of starting a server. Operations such a service does not allow (stop/start, fault injection) raise
-:class:`~syncpool.testing.NotSupportedExternally`, a :class:`NotImplementedError`; a test that raises it is reported
+[`NotSupportedExternally`][], a ``NotImplementedError``; a test that raises it is reported
 as skipped. To skip before doing any work, mark the test ``@pytest.mark.managed_servers("postgres", ...)`` or call
-:func:`~syncpool.testing.require_managed` with the fixture's value.
+[`require_managed`][] with the fixture's value.
 """
 
 from __future__ import annotations
@@ -54,9 +54,10 @@ __all__ = [
     "s3_server",
 ]
 
-#: ``default_pool_size`` of the fixtures' bouncers, by pool mode. In session mode a server connection serves one
-#: client connection for its whole life, so the pool must cover every client the test opens at once.
 PGBOUNCER_POOL_SIZES = {"transaction": 4, "session": 8}
+"""``default_pool_size`` of the fixtures' bouncers, by pool mode. In session mode a server connection serves one client
+connection for its whole life, so the pool must cover every client the test opens at once.
+"""
 #: Prefix of the roles the fixtures' bouncers log in as on a managed PostgreSQL server (the mode follows).
 PGBOUNCER_ROLE_PREFIX = "syncpool_bouncer_"
 
@@ -175,7 +176,7 @@ def elasticsearch_node(
 
 @pytest.fixture
 def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
-    """Factory of started :class:`~syncpool.testing.FaultProxy` objects, all closed when the test ends."""
+    """Factory of started [`FaultProxy`][] objects, all closed when the test ends."""
     proxies: list[FaultProxy] = []
 
     def make(host: str, port: int, **kwargs: Any) -> FaultProxy:
@@ -189,7 +190,7 @@ def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
 
 
 def require_pgbouncer() -> str:
-    """Return the path of the ``pgbouncer`` binary, or skip the calling test with :data:`INSTALL_HINT`."""
+    """Return the path of the ``pgbouncer`` binary, or skip the calling test with ``INSTALL_HINT``."""
     binary = find_pgbouncer()
     if binary is None:
         pytest.skip(INSTALL_HINT)

@@ -1,11 +1,11 @@
 """An S3 endpoint for tests: moto's ``ThreadedMotoServer`` on 127.0.0.1 and a free port.
 
-moto keeps its state in memory, per process; every :class:`S3Server` in one process therefore shares buckets.
+moto keeps its state in memory, per process; every [`S3Server`][] in one process therefore shares buckets.
 Tests should use bucket names of their own (e.g. from ``tmp_path.name`` or a uuid).
 
 To run the same tests against a real endpoint, set ``SYNCPOOL_TEST_S3_ENDPOINT``; credentials and region then come
 from the standard ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_DEFAULT_REGION`` variables, and the
-pytest fixtures yield an :class:`ExternalS3` whose :meth:`~ExternalS3.stop` raises :class:`NotImplementedError`.
+pytest fixtures yield an [`ExternalS3`][] whose [`stop`][ExternalS3.stop] raises ``NotImplementedError``.
 """
 
 from __future__ import annotations
@@ -64,11 +64,11 @@ class S3Server:
         }
 
     def is_running(self) -> bool:
-        """Return True between :meth:`start` and :meth:`stop`."""
+        """Return True between [`start`][] and [`stop`][]."""
         return self._server is not None
 
     def start(self) -> S3Server:
-        """Start the server on a free port (or the previous port after a :meth:`stop`). Returns ``self``."""
+        """Start the server on a free port (or the previous port after a [`stop`][]). Returns ``self``."""
         from moto.server import ThreadedMotoServer
 
         with self._lock:
@@ -87,7 +87,7 @@ class S3Server:
             server.stop()
 
     def close(self) -> None:
-        """Same as :meth:`stop`."""
+        """Same as [`stop`][]."""
         self.stop()
 
     def __enter__(self) -> S3Server:
@@ -104,7 +104,7 @@ class S3Server:
 
 
 class ExternalS3:
-    """A real S3-compatible endpoint (``SYNCPOOL_TEST_S3_ENDPOINT``) with the attributes of :class:`S3Server`.
+    """A real S3-compatible endpoint (``SYNCPOOL_TEST_S3_ENDPOINT``) with the attributes of [`S3Server`][].
 
     Credentials come from ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``AWS_DEFAULT_REGION`` (or
     ``AWS_REGION``; defaults to ``us-east-1``).
@@ -141,7 +141,7 @@ class ExternalS3:
         return self
 
     def stop(self) -> None:
-        """Raise :class:`NotImplementedError`: an external endpoint cannot be stopped by tests."""
+        """Raise ``NotImplementedError``: an external endpoint cannot be stopped by tests."""
         raise NotSupportedExternally("cannot stop an external S3 endpoint (SYNCPOOL_TEST_S3_ENDPOINT is set)")
 
     def close(self) -> None:
