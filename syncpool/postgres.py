@@ -39,18 +39,17 @@ import logging
 import sys
 import threading
 import warnings
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
-from psycopg.pq import TransactionStatus
 
 from syncpool import errors as _errors
+from syncpool import forking
 from syncpool.connector import Connector
-from syncpool.connectors.postgres import PostgresConnector
+from syncpool.connectors.postgres_compat import LOGGER_NAME, CompatConnector
 from syncpool.pool import Pool
 from syncpool.states import PoolState
 
@@ -80,10 +79,7 @@ __all__ = [
     "PoolUnavailable", "TooManyRequests",
 ]
 
-#: psycopg_pool's logger: the pools here log on it, at psycopg_pool's levels, so that logging set up for psycopg_pool
-#: keeps working.
-LOGGER_NAME = "psycopg.pool"
-logger = logging.getLogger(LOGGER_NAME)
+logger = logging.getLogger(LOGGER_NAME)  # psycopg_pool's, as the connector's (see postgres_compat.py)
 
 #: The connection class of a pool, as in psycopg_pool: ``ConnectionPool[MyConnection]``.
 CT = TypeVar("CT", bound="psycopg.Connection[Any]", default="psycopg.Connection[TupleRow]")
@@ -91,9 +87,6 @@ CT = TypeVar("CT", bound="psycopg.Connection[Any]", default="psycopg.Connection[
 ConnectionCB = Callable[[CT], object]
 
 NEW, OPEN = PoolState.NEW, PoolState.OPEN
-_IDLE, _ACTIVE = TransactionStatus.IDLE, TransactionStatus.ACTIVE
-_ROLLBACK = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
-_REUSABLE = frozenset({TransactionStatus.IDLE, TransactionStatus.INTRANS, TransactionStatus.INERROR})
 
 # The default connection_class (typed Any: it is the class of the default connection type, CT's default).
 _DEFAULT_CONNECTION_CLASS: Any = psycopg.Connection
@@ -149,7 +142,7 @@ class _Requests:
     since the last pop like the core's counters.
     """
 
-    __slots__ = ("_lock", "_counts", "_popped")
+    __slots__ = ("_lock", "_counts", "_popped", "__weakref__")
 
     KEYS = (
         "failed",  # getconn() calls that raised, for any reason
@@ -162,6 +155,10 @@ class _Requests:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(self.KEYS, 0)
         self._popped = dict.fromkeys(self.KEYS, 0)
+        forking.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a thread of the parent may have held it at the fork
 
     def add(self, *keys: str) -> None:
         with self._lock:
@@ -178,141 +175,12 @@ class _Requests:
         return since
 
 
-class _CompatConnector(PostgresConnector):
-    """A [`PostgresConnector`][] with psycopg_pool's ``connection_class``, ``kwargs``, ``configure``, ``check``
-    and ``reset`` rules and its return-path log lines."""
-
-    def __init__(
-        self,
-        conninfo: str | Callable[[], str],
-        *,
-        kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
-        connection_class: type[psycopg.Connection[Any]],
-        configure: Callable[[Any], object] | None,
-        check: Callable[[Any], object] | None,
-        reset: Callable[[Any], object] | None,
-    ) -> None:
-        static_kwargs = dict(kwargs) if kwargs is not None and not callable(kwargs) else {}
-        # configure runs in _connected(), with psycopg_pool's rule, rather than in PostgresConnector's (which
-        # commits a transaction configure left open).
-        super().__init__(conninfo, connection_class=connection_class, **static_kwargs)
-        self._kwargs_factory = kwargs if callable(kwargs) else None
-        self._configure_callback = configure
-        # ConnectionPool.check_connection is what PostgresConnector.check() does, bounded by check_timeout: checked
-        # in the leasing thread. Any other callback may hang: the pool gives it a thread of its own and a deadline.
-        self._check_callback = None if check is ConnectionPool.check_connection else check
-        if self._check_callback is not None:
-            self.check_timeout = None  # type: ignore[assignment]  # the callback does not bound its own time
-        self._reset_callback = reset
-        self._owner: Callable[[], ConnectionPool[Any] | None] = lambda: None
-        self._pool_name = "?"
-
-    def attach(self, pool: ConnectionPool[Any]) -> None:
-        """Know the pool (weakly: it owns this connector) for ``_pool`` marks, log lines and its state."""
-        self._owner = weakref.ref(pool)
-        self._pool_name = pool.name
-
-    def _returning_to_closed_pool(self) -> bool:
-        pool = self._owner()
-        return pool is None or pool.closed
-
-    def _resolve_arguments(self) -> tuple[str, dict[str, Any]]:
-        """As [`PostgresConnector`][] does, plus psycopg_pool's ``kwargs`` when it is a callable."""
-        conninfo, kwargs = super()._resolve_arguments()
-        if self._kwargs_factory is not None:
-            kwargs = {**kwargs, **self._kwargs_factory()}
-        return conninfo, kwargs
-
-    def _connected(self, conn: psycopg.Connection[Any]) -> None:
-        """Run ``configure`` with the connection marked as the pool's, as psycopg_pool does (a ``with conn:`` in it
-        then does not close it), and refuse a connection it leaves in a transaction or an error."""
-        configure = self._configure_callback
-        conn._pool = self._owner()  # type: ignore[assignment]  # psycopg only reads it with getattr()
-        try:
-            if configure is None:
-                return
-            configure(conn)
-            status = conn.pgconn.transaction_status
-            if status != _IDLE:
-                raise psycopg.ProgrammingError(
-                    f"connection left in status {TransactionStatus(status).name} by configure function "
-                    f"{configure}: discarded"
-                )
-        finally:
-            # Marked as pooled but not leased: psycopg neither warns when it is collected open nor closes it at the
-            # end of a ``with conn:`` block, and close_returns finds no pool to return it to.
-            conn._pool = None
-
-    def check(self, client: psycopg.Connection[Any]) -> None:
-        """Run the pool's ``check`` callback if it has one, else ``SELECT 1`` bounded by ``check_timeout``."""
-        if self._check_callback is None:
-            super().check(client)
-            return
-        try:
-            self._check_callback(client)
-        except Exception as error:
-            logger.info("connection failed check: %s (pool %r)", error, self._pool_name)
-            raise
-
-    def is_broken(self, client: psycopg.Connection[Any]) -> bool:
-        """True for a connection returned mid-command (``ACTIVE``), closed or broken, with psycopg_pool's warning.
-
-        A connection returned to a closed pool is closed whatever its state, without a word, as in psycopg_pool.
-        """
-        status = client.pgconn.transaction_status
-        if status in _REUSABLE or self._returning_to_closed_pool():
-            return False
-        if status == _ACTIVE:
-            logger.warning("closing returned connection: %s (pool %r)", client, self._pool_name)
-        else:
-            logger.warning("discarding closed connection: %s (pool %r)", client, self._pool_name)
-        return True
-
-    def reset(self, client: psycopg.Connection[Any]) -> None:
-        """Roll back a transaction left open or failed (with psycopg_pool's warning), then run the ``reset``
-        callback, which must leave the connection idle. Raising discards the connection."""
-        rollback = client.pgconn.transaction_status in _ROLLBACK
-        if not rollback and self._reset_callback is None:
-            return  # nearly every return: idle, nothing to reset
-        if self._returning_to_closed_pool():
-            return  # it is closed next, as in psycopg_pool: nothing to roll back or reset
-        if rollback:
-            logger.warning("rolling back returned connection: %s (pool %r)", client, self._pool_name)
-            try:
-                client.rollback()
-            except Exception as error:
-                logger.warning(
-                    "rollback failed: %s: %s. Discarding connection %s (pool %r)",
-                    type(error).__name__, error, client, self._pool_name,
-                )
-                raise
-        reset = self._reset_callback
-        if reset is None:
-            return
-        try:
-            reset(client)
-            status = client.pgconn.transaction_status
-            if status != _IDLE:
-                raise psycopg.ProgrammingError(
-                    f"connection left in status {TransactionStatus(status).name} by reset function {reset}: "
-                    "discarded"
-                )
-        except Exception as error:
-            logger.warning("error resetting connection: %s (pool %r)", error, self._pool_name)
-            raise
-
-    def close(self, client: psycopg.Connection[Any]) -> None:
-        """Close the connection for good (clearing ``_pool`` first, so ``close_returns`` cannot send it back)."""
-        client._pool = None
-        client.close()
-
-
 class ConnectionPool(Pool[CT]):
     """A pool of psycopg connections with the API and behaviour of ``psycopg_pool.ConnectionPool``.
 
     Generic in the connection class as psycopg_pool's is: ``ConnectionPool[MyConnection]`` is valid at run time,
     and type checkers infer it from ``connection_class``. It is a [`syncpool.Pool`][] whose connector is a
-    [`PostgresConnector`][]; what the arguments below do is psycopg_pool's documented
+    [`PostgresConnector`][syncpool.connectors.PostgresConnector]; what the arguments below do is psycopg_pool's documented
     behaviour, and where syncpool does something else the migration guide says so.
 
     Args:
@@ -395,12 +263,13 @@ class ConnectionPool(Pool[CT]):
         self.close_returns = close_returns
         self._open_implicit = False
         self._requests = _Requests()
-        connector = _CompatConnector(
+        connector = CompatConnector(
             conninfo,
             kwargs=kwargs,
             connection_class=connection_class,
             configure=configure,
-            check=check,
+            # check_connection is what PostgresConnector.check() does, bounded by its check_timeout.
+            check=None if check is ConnectionPool.check_connection else check,
             reset=reset,
         )
         super().__init__(
