@@ -43,7 +43,6 @@ ratios, not the absolute times.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import logging
 import os
@@ -56,7 +55,6 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -65,7 +63,7 @@ from syncpool import Pool  # noqa: E402
 from syncpool.batch import map_pool  # noqa: E402
 from syncpool.connectors import ElasticsearchConnector, PostgresConnector, S3Connector  # noqa: E402
 from syncpool.connectors.s3 import DEFAULT_CONFIG  # noqa: E402
-from syncpool.testing import ElasticsearchNode, FaultProxy, PostgresServer, S3Server  # noqa: E402
+from syncpool.testing import ElasticsearchNode, FaultProxy, KeepAliveFront, PostgresServer, S3Server  # noqa: E402
 from syncpool.testing import elasticsearch as es_node_module  # noqa: E402
 
 WORKERS = 16
@@ -290,56 +288,6 @@ class ElasticsearchWorkload(Workload):
         self.client.close()
 
 
-class KeepAliveFront:
-    """An HTTP/1.1 front for moto that keeps client connections open, as S3 does.
-
-    moto's werkzeug server answers every request with ``Connection: close``, so behind it every request would open a
-    connection and the competitors' connection counts would all read 100. The front answers on the client's
-    connection and keeps it open, forwarding each request to moto over a connection of its own.
-    """
-
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-                """Keep the output quiet."""
-
-            def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                skipped = {"connection", "keep-alive", "expect"}
-                headers = {name: value for name, value in self.headers.items() if name.lower() not in skipped}
-                upstream = http.client.HTTPConnection(upstream_host, upstream_port, timeout=30)
-                try:
-                    upstream.request(self.command, self.path, body=body, headers=headers)
-                    response = upstream.getresponse()
-                    data = response.read()
-                finally:
-                    upstream.close()
-                self.send_response_only(response.status, response.reason)
-                for name, value in response.getheaders():
-                    if name.lower() not in {"connection", "keep-alive", "transfer-encoding", "content-length"}:
-                        self.send_header(name, value)
-                length_header = response.getheader("Content-Length", "0") if self.command == "HEAD" else len(data)
-                self.send_header("Content-Length", str(length_header))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, name="keep-alive-front", daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 def serve(pg_port: int) -> None:
     """The server process: S3 (moto behind the keep-alive front and the fault proxy) and the Elasticsearch node;
     addresses on stdout, stop at EOF.
@@ -352,7 +300,7 @@ def serve(pg_port: int) -> None:
     # the client's delayed ACK, a flat ~40 ms per request that would make this a latency benchmark by accident.
     es_node_module._Handler.disable_nagle_algorithm = True
     s3_server = S3Server().start()
-    front = KeepAliveFront("127.0.0.1", s3_server.port)
+    front = KeepAliveFront("127.0.0.1", s3_server.port).start()
     proxy = FaultProxy("127.0.0.1", front.port).start()
     proxy.latency(S3_LATENCY)
     es_node = ElasticsearchNode().start()

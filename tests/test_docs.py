@@ -280,6 +280,7 @@ _INTERNAL_MODULES = frozenset({
     "syncpool.leasing", "syncpool.maintenance", "syncpool.members", "syncpool.options", "syncpool.pool_stats",
     "syncpool.scheduler", "syncpool.testing.external", "syncpool.waiters",
     "syncpool.connectors.postgres_compat",  # the connector of syncpool.postgres.ConnectionPool, not used alone
+    "syncpool.testing.watchdog",  # how the test servers stop when their owner dies
 })
 # Names that public modules export for syncpool's own use (the pool's argument handling, the pytest plugin).
 _INTERNAL_NAMES = frozenset({

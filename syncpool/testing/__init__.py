@@ -20,7 +20,7 @@ from .external import NotSupportedExternally, require_managed
 from .pgbouncer import PgBouncerServer
 from .postgres import ExternalPostgres, PostgresServer
 from .proxy import FaultProxy
-from .s3 import ExternalS3, RefusingS3Endpoint, S3Server
+from .s3 import ExternalS3, KeepAliveFront, RefusingS3Endpoint, S3Server
 
 __all__ = [
     "ElasticsearchNode",
@@ -28,6 +28,7 @@ __all__ = [
     "ExternalPostgres",
     "ExternalS3",
     "FaultProxy",
+    "KeepAliveFront",
     "NotSupportedExternally",
     "PgBouncerServer",
     "PostgresServer",

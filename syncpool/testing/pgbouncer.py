@@ -27,7 +27,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -46,6 +45,7 @@ from .postgres import (
     _run_as,
     _scratch_root,
 )
+from .watchdog import Watchdog
 
 __all__ = ["INSTALL_HINT", "PgBouncerServer", "find_pgbouncer"]
 
@@ -62,25 +62,6 @@ _SBIN_CANDIDATES = ("/usr/sbin/pgbouncer", "/usr/local/sbin/pgbouncer")
 # Role and database names go unquoted into the configuration; anything fancier is not worth the quoting rules.
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _ADMIN_COMMANDS = frozenset({"CLIENTS", "SERVERS", "POOLS", "STATS", "DATABASES", "CONFIG", "LISTS", "USERS"})
-
-# Runs beside each started bouncer, in its own session, reading a pipe from us. When we die in any way, the pipe
-# closes and it stops the bouncer (SIGTERM, then SIGKILL) and deletes its directory. A clean stop() writes "keep".
-_WATCHDOG = """
-import os, shutil, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-pid, own_dir = int(sys.argv[1]), sys.argv[2]
-if sys.stdin.readline().strip() != "keep":
-    try:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    shutil.rmtree(own_dir, ignore_errors=True)
-"""
 
 _running: set[PgBouncerServer] = set()
 
@@ -184,7 +165,7 @@ class PgBouncerServer(_Addresses):
         self._dir: Path | None = None
         self._remove_dir: weakref.finalize[Any, Any] | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._watchdog: Watchdog | None = None
         self._lock = threading.RLock()
 
     # -- files -------------------------------------------------------------------------------------------------
@@ -416,30 +397,12 @@ class PgBouncerServer(_Addresses):
         self._stop_watchdog()
         if self._process is None or self._dir is None:
             return
-        self._watchdog = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(self._process.pid), str(self._dir)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd="/",
-        )
+        self._watchdog = Watchdog(self._process.pid, stop_signal=signal.SIGTERM, grace=5.0, directory=str(self._dir))
 
     def _stop_watchdog(self) -> None:
         watchdog, self._watchdog = self._watchdog, None
-        if watchdog is None:
-            return
-        try:
-            assert watchdog.stdin is not None
-            watchdog.stdin.write(b"keep\n")
-            watchdog.stdin.close()
-        except OSError:
-            pass
-        try:
-            watchdog.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            watchdog.kill()
-            watchdog.wait()
+        if watchdog is not None:
+            watchdog.dismiss()
 
 
 @atexit.register

@@ -31,6 +31,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .external import NotSupportedExternally
+from .watchdog import Watchdog
 
 __all__ = ["ExternalPostgres", "PostgresServer"]
 
@@ -52,27 +54,6 @@ ROOT_RUN_AS = "embedded_postgres"
 ADMIN_USER = "syncpool_admin"
 _ADMIN_PASSWORD_FILE = ".syncpool_admin_password"
 _STOP_MODES = ("smart", "fast", "immediate")
-
-# Runs beside each started server, in its own session (Ctrl-C does not reach it), reading a pipe from us. When we
-# die in any way (xdist workers exit without atexit, SIGKILL...), the pipe closes and it stops the postmaster and
-# deletes our temporary data directory. A clean stop() writes "keep" first, and the watchdog just exits.
-_WATCHDOG = """
-import os, shutil, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-pid, own_dir = int(sys.argv[1]), sys.argv[2]
-if sys.stdin.readline().strip() != "keep":
-    try:
-        os.kill(pid, signal.SIGQUIT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if own_dir:
-        shutil.rmtree(own_dir, ignore_errors=True)
-"""
 
 _template_lock = threading.Lock()
 _template_dir: Path | None = None
@@ -359,7 +340,7 @@ class PostgresServer(_Addresses):
         self.max_connections = max_connections
         self._admin_password: str | None = None
         self._pid: int | None = None
-        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._watchdog: Watchdog | None = None
         self._bootstrapped = False
         self._lock = threading.RLock()
 
@@ -508,36 +489,17 @@ class PostgresServer(_Addresses):
     # -- internals ---------------------------------------------------------------------------------------------
 
     def _start_watchdog(self) -> None:
-        import sys
-
         self._stop_watchdog()
         if self._pid is None:
             return
         own_dir = str(self._own_dir) if self._own_dir is not None else ""
-        self._watchdog = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(self._pid), own_dir],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd="/",
-        )
+        # SIGQUIT: postgres's immediate shutdown, for a server whose owner is gone.
+        self._watchdog = Watchdog(self._pid, stop_signal=signal.SIGQUIT, grace=10.0, directory=own_dir)
 
     def _stop_watchdog(self) -> None:
         watchdog, self._watchdog = self._watchdog, None
-        if watchdog is None:
-            return
-        try:
-            assert watchdog.stdin is not None
-            watchdog.stdin.write(b"keep\n")
-            watchdog.stdin.close()
-        except OSError:
-            pass
-        try:
-            watchdog.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            watchdog.kill()
-            watchdog.wait()
+        if watchdog is not None:
+            watchdog.dismiss()
 
     def _read_pid(self) -> int | None:
         try:

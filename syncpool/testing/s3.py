@@ -10,13 +10,16 @@ pytest fixtures yield an [`ExternalS3`][] whose [`stop`][ExternalS3.stop] raises
 
 from __future__ import annotations
 
+import http.client
 import os
+import socket
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .external import NotSupportedExternally
 
-__all__ = ["ExternalS3", "RefusingS3Endpoint", "S3Server"]
+__all__ = ["ExternalS3", "KeepAliveFront", "RefusingS3Endpoint", "S3Server"]
 
 
 def _mask(secret: str) -> str:
@@ -225,3 +228,104 @@ class RefusingS3Endpoint:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class KeepAliveFront:
+    """An HTTP/1.1 front for moto that keeps client connections open, as S3 does, and counts them.
+
+    moto's werkzeug server answers every request with ``Connection: close``, so behind it no client keeps a
+    connection and a client's connection cap cannot show. The front answers on the client's connection and keeps
+    it open, forwarding each request to moto over a connection of its own.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        """Front ``upstream_host:upstream_port`` (moto's server) on a free port of 127.0.0.1."""
+        front = self
+        self.open = 0
+        """Client connections open now."""
+        self.opened = 0
+        """Client connections accepted since the start."""
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def setup(self) -> None:
+                super().setup()
+                with front._lock:
+                    front.open += 1
+                    front.opened += 1
+                    front._sockets.add(self.request)
+
+            def finish(self) -> None:
+                with front._lock:
+                    front.open -= 1
+                    front._sockets.discard(self.request)
+                super().finish()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                """Keep test output quiet."""
+
+            def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                skipped = {"connection", "keep-alive", "expect"}
+                headers = {name: value for name, value in self.headers.items() if name.lower() not in skipped}
+                upstream = http.client.HTTPConnection(upstream_host, upstream_port, timeout=30)
+                try:
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    response = upstream.getresponse()
+                    data = response.read()
+                finally:
+                    upstream.close()
+                self.send_response_only(response.status, response.reason)
+                for name, value in response.getheaders():
+                    if name.lower() not in {"connection", "keep-alive", "transfer-encoding", "content-length"}:
+                        self.send_header(name, value)
+                length_header = response.getheader("Content-Length", "0") if self.command == "HEAD" else len(data)
+                self.send_header("Content-Length", str(length_header))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="keep-alive-front", daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The port the front listens on (127.0.0.1)."""
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """The endpoint URL clients use."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> KeepAliveFront:
+        """Start serving on a thread of its own; returns the front."""
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving and close every client connection still open."""
+        self._server.shutdown()
+        self._server.server_close()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:  # unblock handler threads still waiting for a next request
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(10)
+
+    def __enter__(self) -> KeepAliveFront:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import http.client
 import logging
 import secrets
-import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -16,6 +13,7 @@ import pytest
 import syncpool
 from syncpool import Pool
 from syncpool.connectors import S3Connector
+from syncpool.testing import KeepAliveFront
 
 from . import Load, Sampler, assert_no_secret, outage_under_load, wait_until
 
@@ -77,91 +75,6 @@ def test_client_returned_after_an_error_answer_is_kept(s3_server: Any, bucket: s
 
 
 # -- HTTP connections per pooled client --------------------------------------------------------------------------
-
-
-class KeepAliveFront:
-    """An HTTP/1.1 front for moto that keeps client connections open, as S3 does, and counts them.
-
-    moto's werkzeug server answers every request with ``Connection: close``, so behind it no client keeps a
-    connection and a client's connection cap cannot show. The front answers on the client's connection and keeps
-    it open, forwarding each request to moto over a connection of its own.
-    """
-
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        front = self
-        self.open = 0  # client connections open now
-        self.opened = 0  # client connections accepted since start
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def setup(self) -> None:
-                super().setup()
-                with front._lock:
-                    front.open += 1
-                    front.opened += 1
-                    front._sockets.add(self.request)
-
-            def finish(self) -> None:
-                with front._lock:
-                    front.open -= 1
-                    front._sockets.discard(self.request)
-                super().finish()
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-                """Keep test output quiet."""
-
-            def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                skipped = {"connection", "keep-alive", "expect"}
-                headers = {name: value for name, value in self.headers.items() if name.lower() not in skipped}
-                upstream = http.client.HTTPConnection(upstream_host, upstream_port, timeout=30)
-                try:
-                    upstream.request(self.command, self.path, body=body, headers=headers)
-                    response = upstream.getresponse()
-                    data = response.read()
-                finally:
-                    upstream.close()
-                self.send_response_only(response.status, response.reason)
-                for name, value in response.getheaders():
-                    if name.lower() not in {"connection", "keep-alive", "transfer-encoding", "content-length"}:
-                        self.send_header(name, value)
-                length_header = response.getheader("Content-Length", "0") if self.command == "HEAD" else len(data)
-                self.send_header("Content-Length", str(length_header))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="keep-alive-front", daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> KeepAliveFront:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        with self._lock:
-            sockets = list(self._sockets)
-        for sock in sockets:  # unblock handler threads still waiting for a next request
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._thread.join(10)
 
 
 def _lease_together(pool: Pool[Any], threads: int, work: Any) -> None:
