@@ -283,6 +283,7 @@ class LeasePath:
                     inv.retire(member, "lifetime")
                     retired = True
                     continue
+                # The same steps as the common case in Lease.__enter__ (written out there, for speed).
                 lease.member = member
                 member.leased_at = now
                 member.leases += 1
