@@ -243,6 +243,33 @@ class Histogram:
             clone._max = min(high, _edges(max(changed))[1])
         return clone
 
+    def rescaled(self, count: int, total: float, low: float, high: float) -> Histogram:
+        """Return a copy whose bucket counts add up to ``count``, with ``total``, ``low`` and ``high`` as its sum, min
+        and max: for a histogram that holds a sample of ``count`` values whose count, sum and extremes are known
+        exactly. Each bucket is scaled by the same factor, rounded, and the largest one absorbs the rounding.
+
+        Args:
+            count: How many values the sample stands for.
+            total: Their exact sum.
+            low: The smallest of them.
+            high: The largest of them.
+        """
+        counts, _, _, _ = self._state()
+        sampled = sum(counts.values())
+        clone = Histogram()
+        if not sampled or not count:
+            return clone
+        scale = count / sampled
+        scaled = {index: max(1, round(n * scale)) for index, n in counts.items()}
+        largest = max(scaled, key=scaled.__getitem__)
+        scaled[largest] += count - sum(scaled.values())
+        if scaled[largest] <= 0:  # only when count < buckets: keep the most frequent ones
+            scaled = dict.fromkeys(sorted(counts, key=counts.__getitem__, reverse=True)[:count], 1)
+        clone._counts = scaled
+        clone._count = count
+        clone._sum, clone._min, clone._max = total, low, high
+        return clone
+
     def merge(self, other: Histogram) -> None:
         """Add every value recorded in ``other`` to this histogram; thread-safe.
 

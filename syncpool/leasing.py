@@ -131,8 +131,10 @@ class Lease(Generic[T]):
         number = self.leased_as
         reason: str | None = None
         try:
-            if member.leases != number or inv.leased.get(member.key) is not member:
-                raise pool._not_leased(member.client)  # given back by hand inside the block
+            if member.leases != number:
+                # Given back by hand inside the block, and leased by someone else since: never touch their client.
+                # (Given back and still idle: release() finds nothing to do, and the check below raises.)
+                raise pool._not_leased(member.client)
             if exc is not None and not isinstance(exc, Exception):
                 pool._discard_leased(member, "interrupted", number)  # cut off mid-exchange, maybe: never reused
                 return
@@ -157,9 +159,10 @@ class Lease(Generic[T]):
             now = monotonic()
             with inv.lock:
                 if member.leases != number or inv.leased.get(member.key) is not member:
-                    raise PoolError(f"pool {pool.name!r}: client returned twice (by two threads at once)")
+                    raise pool._not_leased(member.client)  # given back already (by hand, or by another thread)
                 stats = pool._stats
-                stats.use_times.append(now - member.leased_at)
+                used = now - member.leased_at
+                stats.use_times.append(used)
                 full = stats.take_pending() if len(stats.use_times) >= FOLD_EVERY else None
                 del inv.leased[member.key]
                 # Decide: to the oldest waiter, back on the idle list, or retired.
@@ -185,7 +188,7 @@ class Lease(Generic[T]):
         if full is not None:
             stats.fold(full)
         if pool._events.leases_watched:
-            pool._events.emit("return", use=now - member.leased_at)
+            pool._events.emit("return", use=used)
         if reason is not None:
             pool._grower.close_retired()
 

@@ -1,16 +1,21 @@
 """A pool's counters and latency histograms.
 
 Counters only go up, for the life of the pool: the Prometheus and OpenTelemetry exporters publish them as monotonic
-counters. ``PoolStats.pop`` gives what changed since the previous pop without resetting anything.
+counters. ``PoolStats.since_pop`` gives what changed since the previous pop without resetting anything.
 
 Counters change under the pool lock, as part of the decisions they count. Durations (wait, use, connect) are
 appended to short pending lists under that lock too, and folded into histograms in batches outside it, under
 ``PoolStats``' own lock: the pool lock is never held while a histogram buckets values or a snapshot computes
 percentiles.
+
+Use times are folded with their count, sum and extremes exact, but only one in ``USE_SAMPLE`` of them is bucketed,
+and the histogram is scaled to the exact count: a lease+return costs about 1.5 µs and bucketing a value about
+0.1 µs, a share worth saving for percentiles that an even sample gives as well.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -28,6 +33,9 @@ _HISTOGRAMS = ("wait_time", "use_time", "connect_time")
 #: Pending durations are folded once a list holds this many, so a pending list stays small.
 FOLD_EVERY = 1024
 
+#: One use time in this many is bucketed: every USE_SAMPLE-th of each folded batch, starting with its first.
+USE_SAMPLE = 8
+
 Pending = dict[str, list[float]]
 
 
@@ -38,6 +46,7 @@ class PoolStats:
         "leases", "waited", "timeouts", "too_many_waiters", "breaker_rejections", "wait_seconds",
         "timeout_wait_seconds", "created",
         "connect_errors", "connect_seconds", "leaks", "health_ok", "health_failed", "discards",
+        "uses", "use_seconds", "use_min", "use_max", "_since_pop_min", "_since_pop_max",
         "use_times", "wait_times", "connect_times", "_histograms", "_popped_histograms", "_popped", "_fold_lock",
     )
 
@@ -56,12 +65,20 @@ class PoolStats:
         self.health_ok = 0
         self.health_failed = 0
         self.discards = dict.fromkeys(DISCARD_REASONS, 0)
-        # Durations not folded yet. The lists are emptied in place, never replaced: the lease path appends to them.
+        # Every use time folded so far, exactly (under the fold lock): the histogram holds a sample of them.
+        self.uses = 0
+        self.use_seconds = 0.0
+        self.use_min = math.inf
+        self.use_max = 0.0
+        self._since_pop_min = math.inf  # the extremes since the last pop, exact too
+        self._since_pop_max = 0.0
+        # Durations not folded yet (of use times, the sample). Emptied in place, never replaced.
         self.use_times: list[float] = []
         self.wait_times: list[float] = []
         self.connect_times: list[float] = []
         self._histograms = {name: Histogram() for name in _HISTOGRAMS}
-        self._popped_histograms: dict[str, Histogram] = {}  # copies of the histograms as the last pop saw them
+        # The histograms and the exact use figures (count, sum) as the last pop saw them.
+        self._popped_histograms: tuple[dict[str, Histogram], tuple[int, float]] | None = None
         self._popped: dict[str, Any] = {}  # the counters as the last pop() saw them
         self._fold_lock = threading.Lock()
 
@@ -91,7 +108,7 @@ class PoolStats:
 
     def take_pending(self) -> Pending:
         """Move every pending duration out, for ``fold`` outside the lock. Locked."""
-        pending = {}
+        pending: Pending = {}
         for name, values in (
             ("use_time", self.use_times), ("wait_time", self.wait_times), ("connect_time", self.connect_times)
         ):
@@ -129,25 +146,48 @@ class PoolStats:
     # -- folding and reading (without the pool lock) ----------------------------------------------------------------
 
     def fold(self, pending: Pending) -> None:
-        """Add swapped-out pending durations to the histograms."""
+        """Add swapped-out pending durations to the histograms (of use times, a sample; see the module docstring)."""
         with self._fold_lock:
             for name, values in pending.items():
-                if values:
-                    self._histograms[name].add_many(values)
+                if not values:
+                    continue
+                if name == "use_time":
+                    low, high = min(values), max(values)
+                    self.uses += len(values)
+                    self.use_seconds += sum(values)
+                    self.use_min = min(self.use_min, low)
+                    self.use_max = max(self.use_max, high)
+                    self._since_pop_min = min(self._since_pop_min, low)
+                    self._since_pop_max = max(self._since_pop_max, high)
+                    values = values[::USE_SAMPLE]
+                self._histograms[name].add_many(values)
 
     def histograms(self) -> dict[str, Histogram]:
         """Copies of the pool-lifetime histograms."""
         with self._fold_lock:
-            return {name: histogram.copy() for name, histogram in self._histograms.items()}
+            copies = {name: histogram.copy() for name, histogram in self._histograms.items()}
+            uses, total, low, high = self.uses, self.use_seconds, self.use_min, self.use_max
+        copies["use_time"] = copies["use_time"].rescaled(uses, total, low, high)
+        return copies
 
     def histograms_since_pop(self, *, mark: bool) -> dict[str, Histogram]:
-        """The histograms of what was folded since the previous pop; with ``mark``, this is a pop."""
+        """The histograms of what was folded since the previous pop; with ``mark``, this is a pop.
+
+        Use times: the sample's change, scaled to the exact change of count and sum, with the exact extremes.
+        """
         with self._fold_lock:
             now = {name: histogram.copy() for name, histogram in self._histograms.items()}
-            earlier = self._popped_histograms
+            figures = (self.uses, self.use_seconds)
+            low, high = self._since_pop_min, self._since_pop_max
+            earlier, earlier_figures = self._popped_histograms or (None, (0, 0.0))
             if mark:
-                self._popped_histograms = now
-        return {name: histogram.since(earlier[name]) if earlier else histogram for name, histogram in now.items()}
+                self._popped_histograms = (now, figures)
+                self._since_pop_min, self._since_pop_max = math.inf, 0.0
+        changes = {name: histogram.since(earlier[name]) if earlier else histogram for name, histogram in now.items()}
+        changes["use_time"] = changes["use_time"].rescaled(
+            figures[0] - earlier_figures[0], figures[1] - earlier_figures[1], low, high
+        )
+        return changes
 
     def after_fork_in_child(self) -> None:
         """Re-create the lock, which another thread of the parent may have held at the fork."""

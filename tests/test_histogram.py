@@ -258,3 +258,17 @@ def test_since_gives_the_values_recorded_after_a_copy() -> None:
     assert snapshot["max"] == pytest.approx(0.020, rel=RELATIVE_ERROR * 2)
     assert histogram.since(histogram.copy()).snapshot()["count"] == 0
     assert histogram.snapshot()["count"] == 6  # the histogram itself is untouched
+
+
+def test_rescaled_scales_a_sample_to_the_exact_figures() -> None:
+    sample = Histogram()
+    for value in (0.001, 0.001, 0.002, 0.004):
+        sample.add(value)
+    scaled = sample.rescaled(32, 0.0625, 0.0009, 0.0041)
+    snapshot = scaled.snapshot()
+    assert snapshot["count"] == 32 and snapshot["sum"] == 0.0625
+    assert snapshot["min"] == 0.0009 and snapshot["max"] == 0.0041
+    assert snapshot["p50"] == pytest.approx(0.001, rel=2 * RELATIVE_ERROR)  # half the sample, half the values
+    assert scaled.buckets()[-1] == (math.inf, 32)
+    assert [n for _, n in scaled.buckets([0.0015, 0.003])] == [16, 24, 32]
+    assert Histogram().rescaled(5, 1.0, 0.1, 0.3).count == 0  # nothing sampled: nothing to scale

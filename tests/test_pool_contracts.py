@@ -495,3 +495,27 @@ def test_pop_stats_returns_the_changes_of_every_counter_and_resets_nothing() -> 
         assert sorted(counters + gauges + histograms) == sorted(after)
         _lease_and_give_back(pool)
         assert pool.pop_stats()["leases_total"] == 1 and pool.stats()["leases_total"] == before["leases_total"] + 1
+
+
+def test_use_time_is_exact_in_count_sum_and_extremes_and_sampled_for_percentiles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    durations = iter([0.004] * 100 + [0.001] * 899 + [0.5] + [0.002] * 2000)
+
+    with Pool(object, max_size=1, health_check_interval=None) as pool:
+        pool.putconn(pool.getconn(timeout=5))
+        pool.pop_stats()
+        clock = [1000.0]
+
+        def tick() -> float:
+            return clock[0]
+
+        monkeypatch.setattr(leasing, "monotonic", tick)
+        for _ in range(3000):
+            with pool.connection(timeout=5):
+                clock[0] += next(durations)
+        use = pool.pop_stats()["use_time"]
+    assert use["count"] == 3000
+    assert use["sum"] == pytest.approx(0.4 + 0.899 + 0.5 + 4.0)
+    assert use["min"] == pytest.approx(0.001) and use["max"] == pytest.approx(0.5)  # the long lease, not sampled
+    assert use["p50"] == pytest.approx(0.002, rel=2 * RELATIVE_ERROR)
