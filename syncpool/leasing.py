@@ -27,7 +27,7 @@ from .errors import PoolClosed, PoolError, PoolTimeout, TooManyWaiters
 from .growth import describe_error
 from .members import Member
 from .pool_stats import FOLD_EVERY
-from .states import PoolState
+from .states import BreakerState, PoolState
 from .waiters import Waiter
 
 if TYPE_CHECKING:
@@ -246,8 +246,11 @@ class LeasePath:
                 assert lease.waiter is not None
                 since = lease.waiter.since
                 member = self._wait(lease, lease.waiter, deadline - monotonic())
-                waited = monotonic() - since
-            if monotonic() - member.last_used < self._check_after_idle:
+                now = monotonic()
+                waited = now - since
+                if now - member.last_used < self._check_after_idle:
+                    return member, waited
+            elif monotonic() - member.last_used < self._check_after_idle:
                 return member, waited
             # Idle long enough to deserve a check before use (check_after_idle; with 0, every member handed out,
             # new and handed-over ones too), bounded like any check: by health_check_timeout, not by what is left
@@ -308,7 +311,7 @@ class LeasePath:
                         f"(max_waiting={inv.max_waiting})"
                     )
                 room = inv.size() < inv.max_size
-                if room and not grower.breaker.closed:
+                if room and grower.breaker.state is not BreakerState.CLOSED:
                     # Decide: fail fast, unless this caller may start the one probe and wait for its outcome.
                     # (With every slot taken, connects are not the question: wait for a return as usual.)
                     if not grower.breaker.try_probe(now):

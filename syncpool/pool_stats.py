@@ -84,13 +84,6 @@ class PoolStats:
 
     # -- recording (locked) -------------------------------------------------------------------------------------------
 
-    def served_waiter(self, waited: float) -> None:
-        """Count a lease handed to a caller that queued ``waited`` seconds. Locked."""
-        self.leases += 1
-        self.waited += 1
-        self.wait_seconds += waited
-        self.wait_times.append(waited)
-
     def timed_out(self, waited: float) -> None:
         """Count a lease that gave up after waiting ``waited`` seconds. Locked."""
         self.timeouts += 1

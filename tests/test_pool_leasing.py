@@ -272,7 +272,7 @@ def test_every_hand_off_wakes_its_waiter_at_once_in_order() -> None:
             pool.putconn(client)
         # Every waiter has its client (leased on its behalf, in order) and was woken: none is left asleep.
         assert [t.waiter.member.client for t in tickets] == held
-        assert all(not t.waiter._wakeup.locked() for t in tickets)
+        assert all(not t.waiter.wakeup.locked() for t in tickets)
         assert pool.stats()["in_use"] == 4 and pool.stats()["waiting"] == 0
         for ticket in tickets:
             pool._wait(ticket, ticket.waiter, 0)  # each finds its member without waiting
@@ -357,7 +357,7 @@ def test_a_waiter_keeps_a_client_handed_over_as_its_timeout_fires(monkeypatch: p
 
         def late_waiter(waiter: Any, since: float) -> None:
             make_waiter(waiter, since)
-            waiter._wakeup = LateWakeup(waiter._wakeup, lambda: pool.putconn(held))
+            waiter.wakeup = LateWakeup(waiter.wakeup, lambda: pool.putconn(held))
 
         monkeypatch.setattr(waiters_module.Waiter, "__init__", late_waiter)
         got = pool.getconn(timeout=0.1)
