@@ -152,8 +152,9 @@ def conn(connector: PostgresConnector) -> Any:
 
 
 def _terminate(postgres_server: Any, conn: Any) -> None:
+    """End ``conn``'s backend, and wait until it is gone (PostgreSQL 14+ waits up to the timeout given, in ms)."""
     pid = conn.info.backend_pid
-    postgres_server.execute(f"SELECT pg_terminate_backend({pid})")
+    postgres_server.execute(f"SELECT pg_terminate_backend({pid}, 10000)")
 
 
 @pytest.mark.postgres
