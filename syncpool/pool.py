@@ -311,7 +311,9 @@ class Pool(LeasePath, Generic[T]):
         after the timeout are not closed under their user's feet (which could crash a client library mid-call):
         they are closed when returned, and a warning says how many are out. Background threads are then stopped and
         joined within what is left of the timeout, but given at least a second (or the timeout, if shorter) even
-        when leases used it all up; a connect or check that hangs is left to end as a daemon thread.
+        when leases used it all up; a connect or check that hangs is left to end as a daemon thread. A lease held
+        by the thread calling ``close()`` cannot come back while it waits: give it back first, or pass a short
+        timeout ([`syncpool.postgres.ConnectionPool.close`][] does not wait for leases, as psycopg_pool's).
         Idempotent and safe to call from several threads: later callers wait for the first close to finish, up to
         their own timeout.
         """
