@@ -72,6 +72,7 @@ class Grower:
         self._retries: set[int] = set()  # retries waiting out a backoff, each counted in connecting
         self._next_token = 0
         self._grow_task = weak_task(self, "grow")
+        self._connect_task = weak_task(self, "connect", None, False)
         self._probe_task = weak_task(self, "connect", None, True)
 
     # -- requests, from any thread without the lock ----------------------------------------------------------------
@@ -113,9 +114,8 @@ class Grower:
 
     def start(self, count: int) -> None:
         """Run ``count`` connects already counted as connecting, on workers."""
-        task = weak_task(self, "connect", None, False)
         for _ in range(count):
-            if not self._scheduler.submit(task):
+            if not self._scheduler.submit(self._connect_task):
                 with self._inv.lock:
                     self._inv.connecting -= 1
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from .monitoring import ClientStats
 from .retry import Backoff
@@ -127,10 +126,6 @@ class PoolOptions:
         if self.leak_threshold is not None:
             limits.append(self.leak_threshold / 4)
         return max(0.02, min(limits))
-
-    def as_dict(self) -> dict[str, Any]:
-        """The options as keyword arguments of [`Pool`][]."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 _DEFAULT_BACKOFF = Backoff()
