@@ -19,16 +19,11 @@ import pytest
 import syncpool
 from syncpool.postgres import ConnectionPool, ConnectRejected, NullConnectionPool, PoolTimeout
 
+from .fakes import wait_until
+
 pytestmark = pytest.mark.postgres
 
 LOGGER = "psycopg.pool"
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def _pid(conn: psycopg.Connection[Any]) -> int:
@@ -156,7 +151,7 @@ def test_error_messages_carry_psycopg_pools_phrases(pool_class: type[Any], make_
 
     waiter = threading.Thread(target=wait_for_one)
     waiter.start()
-    _wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1, timeout=10.0)
     with pytest.raises(psycopg_pool.TooManyRequests, match="the pool 'phrases' has already 1 requests waiting"):
         pool.getconn(timeout=60)
     with psycopg.connect(pool.conninfo) as outsider, pytest.raises(
@@ -228,7 +223,7 @@ def test_check_runs_before_every_hand_out_new_and_handed_over_connections_includ
     received: list[Any] = []
     waiter = threading.Thread(target=lambda: received.append(pool.getconn(timeout=60)))
     waiter.start()
-    _wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1, timeout=10.0)
     pool.putconn(first)  # handed over to the waiting request
     waiter.join(60)
     assert received == [first]
@@ -268,9 +263,9 @@ def test_configure_leaving_a_transaction_open_is_refused_not_committed(
     refusal = "connection left in status INTRANS by configure function"
     if isinstance(caught.value, ConnectRejected):
         assert refusal in str(caught.value)
-    _wait_until(lambda: any(  # the failed connect's warning (syncpool's request may fail before it is logged)
+    wait_until(lambda: any(  # the failed connect's warning (syncpool's request may fail before it is logged)
         refusal in message and "discarded" in message for message in _messages(caplog, logging.WARNING)
-    ))
+    ), timeout=10.0)
     assert pool.get_stats()["pool_available"] == 0
 
 
@@ -293,12 +288,12 @@ def test_reset_leaving_a_transaction_discards_the_connection_with_a_warning(
     caplog.set_level(logging.WARNING, logger=LOGGER)
     conn = pool.getconn(timeout=10)
     pool.putconn(conn)
-    _wait_until(lambda: conn.closed)  # psycopg_pool resets on a worker
+    wait_until(lambda: conn.closed, timeout=10.0)  # psycopg_pool resets on a worker
     assert any(
         message.startswith("error resetting connection: connection left in status INTRANS by reset function")
         for message in _messages(caplog, logging.WARNING)
     )
-    _wait_until(lambda: pool.get_stats()["returns_bad"] == 1)
+    wait_until(lambda: pool.get_stats()["returns_bad"] == 1, timeout=10.0)
 
 
 # -- warnings for connections returned in a bad state --------------------------------------------------------------
@@ -334,7 +329,7 @@ def test_broken_connection_returned_is_discarded_with_a_warning(
     pool.putconn(conn)
     assert any(m.startswith("discarding closed connection: <psycopg.Connection")
                for m in _messages(caplog, logging.WARNING))
-    _wait_until(lambda: pool.get_stats()["returns_bad"] == 1)
+    wait_until(lambda: pool.get_stats()["returns_bad"] == 1, timeout=10.0)
     with pool.connection(timeout=10) as fresh:
         assert fresh is not conn
 
@@ -438,7 +433,7 @@ def test_same_statistics_for_the_same_story(pool_class: type[Any], make_pool: Ca
     pool.putconn(first)
     second.close()
     pool.putconn(second)  # bad
-    _wait_until(lambda: pool.get_stats()["pool_available"] >= 1)
+    wait_until(lambda: pool.get_stats()["pool_available"] >= 1, timeout=10.0)
     stats = pool.get_stats()
     assert stats["pool_min"] == 1 and stats["pool_max"] == 2
     assert stats["requests_num"] == 6
@@ -464,7 +459,7 @@ def test_failed_checks_count_one_request_and_lost_connections(
     pool.wait(10)
     pool.pop_stats()
     postgres_server.terminate_backends()
-    _wait_until(lambda: postgres_server.count_connections() == 0)
+    wait_until(lambda: postgres_server.count_connections() == 0, timeout=10.0)
     with pool.connection(timeout=30) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     stats = pool.get_stats()
@@ -479,7 +474,7 @@ def test_null_pool_keeps_no_connection(null_pool_class: type[Any], make_pool: Ca
     pool = make_pool(null_pool_class)
     assert (pool.min_size, pool.max_size) == (0, 0)  # max_size 0: no bound
     pool.wait(10)  # a test connection, not kept
-    _wait_until(lambda: pool.get_stats()["pool_available"] == 0)
+    wait_until(lambda: pool.get_stats()["pool_available"] == 0, timeout=10.0)
     with pool.connection() as one, pool.connection() as two:
         assert one is not two and not one.closed
     assert one.closed and two.closed  # closed on return: nobody waited for them
@@ -498,7 +493,7 @@ def test_null_pool_hands_a_returned_connection_to_a_waiting_request(
     received: list[Any] = []
     waiter = threading.Thread(target=lambda: received.append(pool.getconn(timeout=60)))
     waiter.start()
-    _wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1, timeout=10.0)
     pool.putconn(conn)
     waiter.join(60)
     assert received == [conn] and not conn.closed
